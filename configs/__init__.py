@@ -1,0 +1,1 @@
+"""Hydra configs shipped with lopt (searched as pkg://lopt.configs)."""

@@ -1,0 +1,1 @@
+"""Learned optimizers whose update rule is a Universal Neural Functional."""

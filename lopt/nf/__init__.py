@@ -1,0 +1,58 @@
+"""Permutation specs and permutation-equivariant neural functionals over weight spaces."""
+
+from lopt.nf.layers import (
+    InvariantNetwork,
+    InvariantPool,
+    NeuralFunctional,
+    PointwiseDense,
+    UNFLinear,
+    nfn_spec,
+    plan_for,
+    to_matrix,
+)
+from lopt.nf.plan import Plan, bell, compile_plan, count_terms
+from lopt.nf.spec import (
+    ByChoice,
+    Spatial,
+    SpecError,
+    inverse_permutations,
+    is_axes,
+    is_symmetry,
+    map_ids,
+    perm_ids,
+    perm_sizes,
+    permute,
+    random_permutations,
+    symmetry_ids,
+    validate,
+    with_channel_axis,
+)
+
+__all__ = [
+    "ByChoice",
+    "InvariantNetwork",
+    "InvariantPool",
+    "NeuralFunctional",
+    "Plan",
+    "PointwiseDense",
+    "Spatial",
+    "SpecError",
+    "UNFLinear",
+    "bell",
+    "compile_plan",
+    "count_terms",
+    "inverse_permutations",
+    "is_axes",
+    "is_symmetry",
+    "map_ids",
+    "nfn_spec",
+    "perm_ids",
+    "perm_sizes",
+    "permute",
+    "plan_for",
+    "random_permutations",
+    "symmetry_ids",
+    "to_matrix",
+    "validate",
+    "with_channel_axis",
+]

@@ -1,0 +1,406 @@
+"""Permutation-equivariant layers over weight spaces, and networks stacked from them.
+
+Every layer takes a *weight-space feature tree*: a pytree matching a permutation spec
+whose leaves carry one trailing channel axis, ``(*tensor_shape, C)``, and returns the
+same structure with its own number of channels.
+
+* :class:`UNFLinear`: the maximal equivariant linear layer (UNF paper, Algorithm 1),
+  run from a compiled :class:`~lopt.nf.plan.Plan`.
+* :class:`PointwiseDense`: a Dense layer on the channels of every entry (Deep Sets),
+  applied to all tensors at once as one ``(N, C)`` matrix.
+* :class:`InvariantPool`: the mean over every permuted axis, concatenated over tensors.
+* :class:`NeuralFunctional`: per-parameter layers, then equivariant layers.
+* :class:`InvariantNetwork`: a neural functional, invariant pooling and an MLP head.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lopt.nf import spec as nfspec
+from lopt.nf.plan import Group, Plan, Reduction, TensorLayout, compile_plan, einsum_letters
+
+Array = jax.Array
+PyTree = Any
+
+_CHANNEL = "Z"  # einsum letter of the channel axis; never produced by einsum_letters below
+
+
+def nfn_spec(spec: nfspec.Spec) -> nfspec.Spec:
+    """The spec NFN uses: :class:`~lopt.nf.spec.Spatial` axes become channels (``None``)."""
+    return nfspec.map_ids(
+        spec, lambda perm_id: None if isinstance(perm_id, nfspec.Spatial) else perm_id
+    )
+
+
+def plan_for(spec: nfspec.Spec, x: PyTree) -> Plan:
+    """Validates ``x`` (a feature tree with a trailing channel axis) and returns its plan."""
+    nfspec.validate(spec, x, channel_axis=True)
+    leaves = nfspec.spec_leaves_with_paths(spec)
+    tensors = jax.tree_util.tree_leaves(x)
+    return compile_plan(
+        tuple(path for path, _ in leaves),
+        tuple(axes for _, axes in leaves),
+        tuple(tuple(tensor.shape[:-1]) for tensor in tensors),
+    )
+
+
+def _fold(tensor: Array, layout: TensorLayout) -> Array:
+    """``(*shape, C) -> (*permuted_shape, F * C)``: fixed axes join the channels."""
+    if not layout.fixed:
+        return tensor
+    order = (*layout.permuted, *layout.fixed, tensor.ndim - 1)
+    moved = jnp.transpose(tensor, order)
+    return moved.reshape((*layout.permuted_shape, -1))
+
+
+def _unfold(tensor: Array, layout: TensorLayout, features: int) -> Array:
+    """Inverse of :func:`_fold` for an output with ``features`` channels."""
+    if not layout.fixed:
+        return tensor
+    fixed_shape = tuple(layout.shape[axis] for axis in layout.fixed)
+    expanded = tensor.reshape((*layout.permuted_shape, *fixed_shape, features))
+    order = (*layout.permuted, *layout.fixed)
+    inverse = np.argsort(order).tolist()
+    return jnp.transpose(expanded, (*inverse, len(order)))
+
+
+def _reduce(tensor: Array, reduction: Reduction, layout: TensorLayout) -> Array:
+    """Diagonals over the reduction's blocks, mean over the blocks not kept.
+
+    Args:
+        tensor: folded input, ``(*permuted_shape, C)``.
+        reduction: which blocks to take diagonals of and which to keep.
+        layout: the input tensor's layout.
+
+    Returns:
+        ``(*kept_block_sizes, C)`` with the kept blocks in ``reduction.kept`` order.
+    """
+    letters = einsum_letters(len(reduction.partition))
+    block_of = {}
+    for letter, block in zip(letters, reduction.partition, strict=True):
+        for position in block:
+            block_of[position] = letter
+    source = "".join(block_of[position] for position in range(len(layout.ids))) + _CHANNEL
+    target = "".join(letters[block] for block in reduction.kept) + _CHANNEL
+    reduced = jnp.einsum(f"{source}->{target}", tensor)
+    averaged = [
+        block for index, block in enumerate(reduction.partition) if index not in reduction.kept
+    ]
+    count = math.prod(layout.permuted_shape[block[0]] for block in averaged)
+    return reduced / count if count != 1 else reduced
+
+
+@functools.lru_cache(maxsize=1024)
+def _diagonal_mask(shape: tuple[int, ...], block: tuple[int, ...]) -> np.ndarray:
+    """A 0/1 array, size ``n`` on the block's axes and 1 elsewhere, one where they are equal."""
+    size = shape[block[0]]
+    mask_shape = [size if axis in block else 1 for axis in range(len(shape))]
+    grids = [
+        np.arange(size).reshape([size if axis == position else 1 for axis in range(len(shape))])
+        for position in block
+    ]
+    equal = np.ones(mask_shape, dtype=bool)
+    for grid in grids[1:]:
+        equal = equal & (grid == grids[0])
+    return equal.astype(np.float32)[..., None]
+
+
+def _embed(z: Array, group: Group, layout: TensorLayout) -> Array:
+    """Places a group's output ``(*carried_sizes, C)`` into ``(*permuted_shape, C)``.
+
+    Carried blocks index the output (on the diagonal for blocks of several axes); the
+    other blocks broadcast (again on the diagonal for blocks of several axes).
+    """
+    shape = layout.permuted_shape
+    firsts = {group.partition[index][0] for index in group.carried}
+    expanded_shape = [shape[axis] if axis in firsts else 1 for axis in range(len(shape))]
+    out = z.reshape((*expanded_shape, z.shape[-1]))
+    for block in group.partition:
+        if len(block) > 1:
+            out = out * _diagonal_mask(shape, block).astype(out.dtype)
+    return out
+
+
+class UNFLinear(nn.Module):
+    """The maximal permutation-equivariant linear layer over a weight space.
+
+    For the permutation spec ``spec`` and every output tensor ``ℓ`` it computes
+    ``Σ_m Σ_{P valid for (ℓ, m)} basis_P(x_m) Θ_{ℓ,m,P} + Σ_{Q} bias_{ℓ,Q}``, where ``P``
+    ranges over the valid partitions of the permuted axes of ``ℓ`` and ``m`` and ``Q``
+    over the partitions of the axes of ``ℓ`` (the equivariant constants). Axes whose id is
+    ``None`` are folded into the channels.
+
+    Attributes:
+        spec: the permutation spec of the weight space.
+        features: output channels per entry.
+        use_bias: whether to add the equivariant bias.
+        kernel_scale: the variance of the initial output per channel, for unit-variance
+            inputs (the fan-in counts all terms of an output tensor together).
+    """
+
+    spec: Any
+    features: int
+    use_bias: bool = True
+    kernel_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: PyTree) -> PyTree:
+        """Applies the layer.
+
+        Args:
+            x: feature tree matching ``spec``; leaves ``(*tensor_shape, C_in)``.
+
+        Returns:
+            The same structure; leaves ``(*tensor_shape, features)``.
+        """
+        plan = plan_for(self.spec, x)
+        leaves, treedef = jax.tree_util.tree_flatten(x)
+        folded = [_fold(leaf, layout) for leaf, layout in zip(leaves, plan.tensors, strict=True)]
+        cache: dict[Reduction, Array] = {}
+
+        def reduced(reduction: Reduction) -> Array:
+            kept_sorted = tuple(sorted(reduction.kept))
+            key = Reduction(reduction.tensor, reduction.partition, kept_sorted)
+            if key not in cache:
+                cache[key] = _reduce(folded[key.tensor], key, plan.tensors[key.tensor])
+            value = cache[key]
+            if kept_sorted != reduction.kept:
+                value = jnp.transpose(
+                    value, (*[kept_sorted.index(b) for b in reduction.kept], value.ndim - 1)
+                )
+            return value
+
+        sources = [
+            jnp.concatenate([reduced(reduction) for reduction in source], axis=-1)
+            for source in plan.sources
+        ]
+        # Kernel rows of every group, gathered per source: groups of different output
+        # tensors that read one source share one matmul (their kernels side by side).
+        users: list[list[tuple[int, int, Array]]] = [[] for _ in sources]
+        biases = []
+        for out_index, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
+            out_channels = self.features * layout.fixed_size
+            widths = [sources[group.source].shape[-1] for group in groups]
+            # One kernel per output tensor, its rows split between groups: one RNG draw
+            # per tensor keeps init cheap to compile for weight spaces with many tensors.
+            kernel = self.param(
+                f"kernel_{out_index}",
+                nn.initializers.normal(stddev=math.sqrt(self.kernel_scale / sum(widths))),
+                (sum(widths), out_channels),
+                jnp.float32,
+            )
+            offsets = np.cumsum([0, *widths]).tolist()
+            for group_index, group in enumerate(groups):
+                rows = kernel[offsets[group_index] : offsets[group_index + 1]]
+                users[group.source].append((out_index, group_index, rows))
+            num_bias = sum(group.has_bias for group in groups)
+            biases.append(
+                self.param(
+                    f"bias_{out_index}",
+                    nn.initializers.zeros,
+                    (num_bias, out_channels),
+                    jnp.float32,
+                )
+                if self.use_bias
+                else None
+            )
+
+        results: dict[tuple[int, int], Array] = {}
+        for source, source_users in zip(sources, users, strict=True):
+            kernel = jnp.concatenate([rows for _, _, rows in source_users], axis=1)
+            product = source @ kernel.astype(source.dtype)
+            splits = np.cumsum([rows.shape[1] for _, _, rows in source_users])[:-1].tolist()
+            for (out_index, group_index, _), part in zip(
+                source_users, jnp.split(product, splits, axis=-1), strict=True
+            ):
+                results[(out_index, group_index)] = part
+
+        outputs = []
+        for out_index, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
+            total = None
+            bias_index = 0
+            for group_index, group in enumerate(groups):
+                z = results[(out_index, group_index)]
+                if biases[out_index] is not None and group.has_bias:
+                    z = z + biases[out_index][bias_index].astype(z.dtype)
+                    bias_index += 1
+                contribution = _embed(z, group, layout)
+                total = contribution if total is None else total + contribution
+            out_channels = self.features * layout.fixed_size
+            total = jnp.broadcast_to(total, (*layout.permuted_shape, out_channels))
+            outputs.append(_unfold(total, layout, self.features))
+        return jax.tree_util.tree_unflatten(treedef, outputs)
+
+
+def to_matrix(x: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:
+    """Stacks every entry of a feature tree into one ``(N, C)`` matrix.
+
+    Returns:
+        The matrix and a function mapping an ``(N, C')`` matrix back to a tree with the
+        same tensor shapes and ``C'`` channels.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    if not leaves:
+        raise ValueError("the feature tree has no tensors")
+    channels = {leaf.shape[-1] for leaf in leaves}
+    if len(channels) != 1:
+        raise ValueError(f"all tensors must have the same channel count, got {sorted(channels)}")
+    shapes = [leaf.shape[:-1] for leaf in leaves]
+    sizes = [math.prod(shape) for shape in shapes]
+    matrix = jnp.concatenate(
+        [leaf.reshape(size, -1) for leaf, size in zip(leaves, sizes, strict=True)]
+    )
+    offsets = np.cumsum(sizes)[:-1].tolist()
+
+    def from_matrix(values: Array) -> PyTree:
+        parts = jnp.split(values, offsets, axis=0)
+        return jax.tree_util.tree_unflatten(
+            treedef,
+            [
+                part.reshape((*shape, values.shape[-1]))
+                for part, shape in zip(parts, shapes, strict=True)
+            ],
+        )
+
+    return matrix, from_matrix
+
+
+class PointwiseDense(nn.Module):
+    """A Dense layer on the channels of every entry, shared by all tensors (Deep Sets).
+
+    Attributes:
+        features: output channels.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: PyTree) -> PyTree:
+        matrix, from_matrix = to_matrix(x)
+        return from_matrix(nn.Dense(self.features, name="dense")(matrix))
+
+
+class InvariantPool(nn.Module):
+    """Mean over all permuted axes of every tensor, concatenated: an invariant vector.
+
+    Fixed (``None``) axes are not pooled: they stay as features.
+
+    Attributes:
+        spec: the permutation spec.
+    """
+
+    spec: Any
+
+    def __call__(self, x: PyTree) -> Array:
+        """Pools ``x`` (leaves ``(*tensor_shape, C)``) into a vector of ``Σ_ℓ F_ℓ C``."""
+        plan = plan_for(self.spec, x)
+        pooled = []
+        for leaf, layout in zip(jax.tree_util.tree_leaves(x), plan.tensors, strict=True):
+            folded = _fold(leaf, layout)
+            pooled.append(jnp.mean(folded, axis=tuple(range(len(layout.ids)))))
+        return jnp.concatenate(pooled)
+
+
+_KINDS = ("unf", "nfn")
+
+
+class NeuralFunctional(nn.Module):
+    """Per-parameter layers followed by equivariant layers.
+
+    Deep Sets is ``pointwise=(32, 32, 32, 1)``; the UNF paper's learned-optimizer network
+    is ``pointwise=(32, 32, 32), equivariant=(1,)``; a deep UNF is
+    ``equivariant=(32, 32, 32, 1)``. ``kind="nfn"`` builds NFN's layers: spatial axes
+    (:class:`~lopt.nf.spec.Spatial`) become channels; on MLP weight spaces NFN and UNF
+    coincide.
+
+    Attributes:
+        spec: permutation spec of the weight space.
+        pointwise: widths of the per-parameter Dense layers (run on one ``(N, C)`` matrix).
+        equivariant: widths of the equivariant layers that follow.
+        kind: ``"unf"`` or ``"nfn"``.
+        activation: applied between layers, not after the last.
+        use_bias: whether layers have biases.
+    """
+
+    spec: Any
+    pointwise: Sequence[int] = ()
+    equivariant: Sequence[int] = ()
+    kind: str = "unf"
+    activation: Callable[[Array], Array] = nn.relu
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: PyTree) -> PyTree:
+        """Maps a feature tree ``(*shape, C_in)`` to ``(*shape, widths[-1])``."""
+        if self.kind not in _KINDS:
+            raise ValueError(
+                f"unknown neural functional kind {self.kind!r}; expected one of {_KINDS}"
+            )
+        widths = [*self.pointwise, *self.equivariant]
+        if not widths:
+            raise ValueError("a neural functional needs at least one layer")
+        last = len(widths) - 1
+        layer = 0
+        if self.pointwise:
+            matrix, from_matrix = to_matrix(x)
+            for width in self.pointwise:
+                matrix = nn.Dense(width, use_bias=self.use_bias, name=f"pointwise_{layer}")(matrix)
+                if layer < last:
+                    matrix = self.activation(matrix)
+                layer += 1
+            x = from_matrix(matrix)
+        spec = nfn_spec(self.spec) if self.kind == "nfn" else self.spec
+        for width in self.equivariant:
+            x = UNFLinear(spec, width, use_bias=self.use_bias, name=f"equivariant_{layer}")(x)
+            if layer < last:
+                x = jax.tree_util.tree_map(self.activation, x)
+            layer += 1
+        return x
+
+
+class InvariantNetwork(nn.Module):
+    """Predicts a property of a network from its weights, invariant to its permutations.
+
+    Equivariant layers, then :class:`InvariantPool`, then an MLP head.
+
+    Attributes:
+        spec: permutation spec of the weight space.
+        equivariant: widths of the equivariant layers (activation after each).
+        head: widths of the MLP head; the last is the output size.
+        pointwise: widths of per-parameter layers before the equivariant ones.
+        kind: ``"unf"`` or ``"nfn"``.
+        activation: between layers.
+    """
+
+    spec: Any
+    equivariant: Sequence[int]
+    head: Sequence[int]
+    pointwise: Sequence[int] = ()
+    kind: str = "unf"
+    activation: Callable[[Array], Array] = nn.relu
+
+    @nn.compact
+    def __call__(self, x: PyTree) -> Array:
+        """Maps a feature tree ``(*shape, C_in)`` to a vector of ``head[-1]`` outputs."""
+        if not self.head:
+            raise ValueError("an invariant network needs at least one head layer")
+        features = NeuralFunctional(
+            self.spec, self.pointwise, self.equivariant, self.kind, self.activation, name="body"
+        )(x)
+        features = jax.tree_util.tree_map(self.activation, features)
+        spec = nfn_spec(self.spec) if self.kind == "nfn" else self.spec
+        h = InvariantPool(spec)(features)
+        for index, width in enumerate(self.head):
+            h = nn.Dense(width, name=f"head_{index}")(h)
+            if index < len(self.head) - 1:
+                h = self.activation(h)
+        return h

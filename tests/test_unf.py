@@ -1,0 +1,400 @@
+"""The UNF layer: equals a per-term oracle of Algorithm 1, is equivariant, has the basis size."""
+
+import itertools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lopt.nf import (
+    ByChoice,
+    InvariantNetwork,
+    NeuralFunctional,
+    Spatial,
+    UNFLinear,
+    bell,
+    count_terms,
+    nfn_spec,
+    permute,
+    plan_for,
+    random_permutations,
+)
+from lopt.nf.plan import set_partitions
+
+# --- the oracle: Algorithm 1 term by term, from dense indicator tensors -----------------
+
+
+def all_valid_partitions(out_ids, in_ids):
+    """Every set partition of all axes whose blocks join axes of one id (brute force)."""
+    labels = [("o", p) for p in range(len(out_ids))] + [("i", p) for p in range(len(in_ids))]
+    ids = {("o", p): i for p, i in enumerate(out_ids)} | {("i", p): i for p, i in enumerate(in_ids)}
+    for partition in set_partitions(labels):
+        if all(len({ids[a] for a in block}) == 1 for block in partition):
+            yield frozenset(frozenset(block) for block in partition)
+
+
+def basis_tensor(partition, out_shape, in_shape):
+    """E[o..., i...] = Π_blocks [indices in block equal] / Π_{input-only blocks} size."""
+    k = len(out_shape)
+    shape = (*out_shape, *in_shape)
+    grids = np.indices(shape)
+    pos = {("o", p): p for p in range(k)} | {("i", p): k + p for p in range(len(in_shape))}
+    tensor = np.ones(shape)
+    for block in partition:
+        axes = [pos[a] for a in block]
+        for a in axes[1:]:
+            tensor = tensor * (grids[a] == grids[axes[0]])
+        if all(side == "i" for side, _ in block):
+            tensor = tensor / shape[axes[0]]
+    return tensor
+
+
+def fold(x, axes):
+    perm = [p for p, a in enumerate(axes) if a is not None]
+    fixed = [p for p, a in enumerate(axes) if a is None]
+    moved = np.transpose(x, [*perm, *fixed, x.ndim - 1])
+    return moved.reshape(*[x.shape[p] for p in perm], -1), [x.shape[p] for p in fixed]
+
+
+def oracle_unf(spec_leaves, xs, params, features, channels):
+    """Applies the layer term by term with coefficients read off the fast layer's params."""
+    axes_list = [axes for _, axes in spec_leaves]
+    shapes = [x.shape[:-1] for x in xs]
+    plan = plan_for_shapes(spec_leaves, xs)
+    outs = []
+    for out, (axes_out, x_shape) in enumerate(zip(axes_list, shapes, strict=True)):
+        out_ids = tuple(a for a in axes_out if a is not None)
+        out_perm_shape = tuple(s for s, a in zip(x_shape, axes_out, strict=True) if a is not None)
+        fixed_shape = [s for s, a in zip(x_shape, axes_out, strict=True) if a is None]
+        coefficients, biases = coefficient_table(plan, params, out, channels)
+        y = np.zeros((*out_perm_shape, features * math.prod(fixed_shape)))
+        for inp, axes_in in enumerate(axes_list):
+            in_ids = tuple(a for a in axes_in if a is not None)
+            x_folded, _ = fold(np.asarray(xs[inp]), axes_in)
+            for partition in all_valid_partitions(out_ids, in_ids):
+                theta = coefficients.pop((inp, partition))
+                e = basis_tensor(partition, out_perm_shape, x_folded.shape[:-1])
+                k = len(out_perm_shape)
+                reduced = np.tensordot(
+                    e, x_folded, axes=(list(range(k, e.ndim)), list(range(x_folded.ndim - 1)))
+                )
+                y = y + reduced @ theta
+        assert not coefficients, "the fast layer has terms the oracle does not know"
+        for out_partition, bias in biases:
+            pattern = basis_tensor(
+                frozenset(frozenset(("o", p) for p in block) for block in out_partition),
+                out_perm_shape,
+                (),
+            )
+            y = y + pattern[..., None] * bias
+        y = y.reshape(*out_perm_shape, *fixed_shape, features)
+        order = [p for p, a in enumerate(axes_out) if a is not None] + [
+            p for p, a in enumerate(axes_out) if a is None
+        ]
+        outs.append(np.transpose(y, [*np.argsort(order), len(order)]))
+    return outs
+
+
+def plan_for_shapes(spec_leaves, xs):
+    spec = {str(i): axes for i, (_, axes) in enumerate(spec_leaves)}
+    tree = {str(i): x for i, x in enumerate(xs)}
+    return plan_for(spec, tree)
+
+
+def coefficient_table(plan, params, out, channels):
+    """Maps each term (input index, partition) to its C_in x C_out block of the fast params."""
+    table, biases = {}, []
+    kernel = np.asarray(params[f"kernel_{out}"])
+    offset = 0
+    for group in plan.groups[out]:
+        for term in group.terms:
+            width = channels * plan.tensors[term.reduction.tensor].fixed_size
+            key = (term.reduction.tensor, term.partition)
+            assert key not in table, "a term appears twice"
+            table[key] = kernel[offset : offset + width]
+            offset += width
+        if group.has_bias:
+            biases.append((group.partition, np.asarray(params[f"bias_{out}"])[len(biases)]))
+    assert offset == kernel.shape[0]
+    return table, biases
+
+
+# --- random weight spaces -------------------------------------------------------------
+
+IDS = ["a", "b", "c", None]
+
+
+@st.composite
+def weight_spaces(draw, max_tensors=4, max_rank=3):
+    sizes = {
+        "a": draw(st.integers(2, 3)),
+        "b": draw(st.integers(1, 3)),
+        "c": draw(st.integers(2, 4)),
+    }
+    tensors = []
+    for _ in range(draw(st.integers(1, max_tensors))):
+        rank = draw(st.integers(0, max_rank))
+        axes = tuple(draw(st.sampled_from(IDS)) for _ in range(rank))
+        shape = tuple(sizes[a] if a is not None else draw(st.integers(1, 2)) for a in axes)
+        tensors.append((axes, shape))
+    if all(all(a is None for a in axes) for axes, _ in tensors):
+        tensors.append((("a", "a"), (sizes["a"], sizes["a"])))  # a permuted tensor, repeated id
+    return tensors
+
+
+def build(tensors, channels, key):
+    spec = {f"w{i}": axes for i, (axes, _) in enumerate(tensors)}
+    keys = jax.random.split(key, len(tensors))
+    x = {
+        f"w{i}": jax.random.normal(k, (*shape, channels))
+        for i, ((_, shape), k) in enumerate(zip(tensors, keys, strict=True))
+    }
+    return spec, x
+
+
+def max_abs_diff(a, b):
+    return max(
+        jax.tree_util.tree_leaves(
+            jax.tree_util.tree_map(lambda u, v: float(jnp.max(jnp.abs(u - v))), a, b)
+        )
+    )
+
+
+SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
+@given(tensors=weight_spaces(), seed=st.integers(0, 2**16))
+def test_fast_layer_equals_oracle(tensors, seed):
+    channels, features = 2, 3
+    spec, x = build(tensors, channels, jax.random.PRNGKey(seed))
+    layer = UNFLinear(spec, features)
+    variables = jax.jit(layer.init)(jax.random.PRNGKey(seed + 1), x)
+    # random biases too, so the bias patterns are checked
+    params = jax.tree_util.tree_map(
+        lambda p: jax.random.normal(jax.random.PRNGKey(seed + 2), p.shape), variables["params"]
+    )
+    fast = jax.jit(layer.apply)({"params": params}, x)
+    keys = sorted(spec, key=lambda k: int(k[1:]))
+    leaves = [(k, spec[k]) for k in keys]
+    expected = oracle_unf(leaves, [np.asarray(x[k]) for k in keys], params, features, channels)
+    for k, want in zip(keys, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(fast[k]), want, rtol=2e-4, atol=2e-4)
+
+
+@SETTINGS
+@given(tensors=weight_spaces(max_tensors=5), seed=st.integers(0, 2**16))
+def test_unf_stack_is_equivariant(tensors, seed):
+    spec, x = build(tensors, 3, jax.random.PRNGKey(seed))
+    net = NeuralFunctional(spec, pointwise=(4,), equivariant=(5, 2))
+    variables = jax.jit(net.init)(jax.random.PRNGKey(seed + 1), x)
+    perms = random_permutations(jax.random.PRNGKey(seed + 2), spec, x)
+    apply = jax.jit(net.apply)
+    out = apply(variables, permute(x, spec, perms))
+    assert max_abs_diff(out, permute(apply(variables, x), spec, perms)) < 1e-4
+
+
+@SETTINGS
+@given(tensors=weight_spaces(max_tensors=4), seed=st.integers(0, 2**16))
+def test_invariant_network_is_invariant(tensors, seed):
+    spec, x = build(tensors, 2, jax.random.PRNGKey(seed))
+    net = InvariantNetwork(spec, equivariant=(4,), head=(8, 3))
+    variables = jax.jit(net.init)(jax.random.PRNGKey(seed + 1), x)
+    perms = random_permutations(jax.random.PRNGKey(seed + 2), spec, x)
+    apply = jax.jit(net.apply)
+    np.testing.assert_allclose(
+        apply(variables, permute(x, spec, perms)), apply(variables, x), atol=1e-4
+    )
+
+
+def transformer_like_space(d=4, heads=2, head_dim=3, ff=5, vocab=6, seq=3, blocks=2):
+    """Shared residual id across blocks, heads and head_dim ids, fixed positional axis."""
+    spec = {"embed": (ByChoice("vocab"), "d"), "pos": (None, "d")}
+    shapes = {"embed": (vocab, d), "pos": (seq, d)}
+    for b in range(blocks):
+        h, qk, v, f = f"b{b}/heads", f"b{b}/qk", f"b{b}/v", f"b{b}/ff"
+        spec |= {
+            f"b{b}/ln": ("d",),
+            f"b{b}/q": ("d", h, qk),
+            f"b{b}/k": ("d", h, qk),
+            f"b{b}/v": ("d", h, v),
+            f"b{b}/out": (h, v, "d"),
+            f"b{b}/ff1": ("d", f),
+            f"b{b}/ff2": (f, "d"),
+        }
+        shapes |= {
+            f"b{b}/ln": (d,),
+            f"b{b}/q": (d, heads, head_dim),
+            f"b{b}/k": (d, heads, head_dim),
+            f"b{b}/v": (d, heads, head_dim),
+            f"b{b}/out": (heads, head_dim, d),
+            f"b{b}/ff1": (d, ff),
+            f"b{b}/ff2": (ff, d),
+        }
+    return spec, shapes
+
+
+def test_transformer_space_equivariance_with_shared_residual_id():
+    spec, shapes = transformer_like_space()
+    key = jax.random.PRNGKey(0)
+    x = {
+        k: jax.random.normal(jax.random.fold_in(key, i), (*s, 2))
+        for i, (k, s) in enumerate(shapes.items())
+    }
+    net = NeuralFunctional(spec, equivariant=(4, 1))
+    variables = jax.jit(net.init)(key, x)
+    perms = random_permutations(jax.random.PRNGKey(1), spec, x)
+    apply = jax.jit(net.apply)
+    out = apply(variables, permute(x, spec, perms))
+    assert max_abs_diff(out, permute(apply(variables, x), spec, perms)) < 1e-4
+
+
+def test_conv_space_fixed_spatial_axes_and_nfn():
+    spec = {
+        "c0": (Spatial("0h"), Spatial("0w"), ByChoice("img"), "c1"),
+        "c0b": ("c1",),
+        "c1": (Spatial("1h"), Spatial("1w"), "c1", "c2"),
+        "c1b": ("c2",),
+        "head": ("c2", ByChoice("cls")),
+    }
+    shapes = {"c0": (3, 3, 1, 4), "c0b": (4,), "c1": (3, 3, 4, 5), "c1b": (5,), "head": (5, 3)}
+    key = jax.random.PRNGKey(0)
+    x = {
+        k: jax.random.normal(jax.random.fold_in(key, i), (*s, 2))
+        for i, (k, s) in enumerate(shapes.items())
+    }
+    for kind, ids_spec in [("unf", spec), ("nfn", nfn_spec(spec))]:
+        net = NeuralFunctional(spec, pointwise=(3,), equivariant=(2,), kind=kind)
+        variables = jax.jit(net.init)(key, x)
+        perms = random_permutations(jax.random.PRNGKey(1), ids_spec, x)
+        apply = jax.jit(net.apply)
+        out = apply(variables, permute(x, ids_spec, perms))
+        assert max_abs_diff(out, permute(apply(variables, x), ids_spec, perms)) < 1e-4
+    # NFN mixes spatial positions densely, UNF shares weights across them: NFN is larger
+    unf = jax.eval_shape(NeuralFunctional(spec, equivariant=(2,)).init, key, x)
+    nfn = jax.eval_shape(NeuralFunctional(spec, equivariant=(2,), kind="nfn").init, key, x)
+    size = lambda v: sum(p.size for p in jax.tree_util.tree_leaves(v))
+    assert size(nfn) > size(unf)
+
+
+@pytest.mark.parametrize(
+    ("out_ids", "in_ids", "expected"),
+    [
+        (("r", "c"), ("r", "c"), 4),
+        (("h", "h"), ("h", "h"), 15),
+        (("h",), ("h",), 2),
+        (("h",), ("g",), 1),
+        (("a", "b", "c"), ("a", "b", "c"), 8),
+        ((), ("h", "h"), 2),
+    ],
+)
+def test_basis_counts(out_ids, in_ids, expected):
+    assert count_terms(out_ids, in_ids) == expected
+    assert len(list(all_valid_partitions(out_ids, in_ids))) == expected
+
+
+@SETTINGS
+@given(tensors=weight_spaces())
+def test_plan_term_counts_are_the_bell_products(tensors):
+    spec, x = build(tensors, 1, jax.random.PRNGKey(0))
+    plan = plan_for(spec, x)
+    for out, out_layout in enumerate(plan.tensors):
+        for inp, in_layout in enumerate(plan.tensors):
+            expected = math.prod(
+                bell(sum(1 for i in (*out_layout.ids, *in_layout.ids) if i == perm_id))
+                for perm_id in set(out_layout.ids) | set(in_layout.ids)
+            )
+            assert (
+                plan.num_terms(out, inp) == expected == count_terms(out_layout.ids, in_layout.ids)
+            )
+
+
+def test_bell_numbers():
+    assert [bell(n) for n in range(7)] == [1, 1, 2, 5, 15, 52, 203]
+    for n in range(5):
+        assert bell(n) == sum(1 for _ in set_partitions(range(n)))
+
+
+def test_parameter_count_matches_basis_size():
+    spec = {"w": ("h", "h"), "b": ("h",), "v": ("h", ByChoice("o"))}
+    x = {"w": jnp.ones((3, 3, 2)), "b": jnp.ones((3, 2)), "v": jnp.ones((3, 4, 2))}
+    features = 5
+    variables = jax.eval_shape(UNFLinear(spec, features).init, jax.random.PRNGKey(0), x)
+    kernels = sum(p.size for n, p in variables["params"].items() if n.endswith("kernel"))
+    ids = [("h", "h"), ("h",), ("h", ByChoice("o"))]
+    assert kernels == sum(count_terms(o, i) for o, i in itertools.product(ids, ids)) * 2 * features
+    biases = sum(p.size for n, p in variables["params"].items() if n.endswith("bias"))
+    # equivariant constants: partitions of each output's axes (Bell numbers per id)
+    assert biases == (bell(2) + bell(1) + 1) * features
+
+
+def test_paper_optimizer_network_parameter_count():
+    # UNF paper, 8x8 MLP task: 64 -> 32 -> 10, 19 input channels, three per-parameter
+    # Dense(32) layers and a UNF layer with one output: 3,783 with alpha, beta, gamma0.
+    spec = {
+        "Dense_0": {"kernel": (ByChoice("in"), "h"), "bias": ("h",)},
+        "Dense_1": {"kernel": ("h", ByChoice("out")), "bias": (ByChoice("out"),)},
+    }
+    x = {
+        "Dense_0": {"kernel": jnp.zeros((64, 32, 19)), "bias": jnp.zeros((32, 19))},
+        "Dense_1": {"kernel": jnp.zeros((32, 10, 19)), "bias": jnp.zeros((10, 19))},
+    }
+    net = NeuralFunctional(spec, pointwise=(32, 32, 32), equivariant=(1,))
+    variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)
+    assert sum(p.size for p in jax.tree_util.tree_leaves(variables)) + 3 == 3783
+
+
+def test_unf_is_size_independent():
+    spec = {"k0": (ByChoice("in"), "h"), "b0": ("h",), "k1": ("h", ByChoice("out"))}
+    small = {"k0": jnp.ones((3, 4, 2)), "b0": jnp.ones((4, 2)), "k1": jnp.ones((4, 2, 2))}
+    wide = {"k0": jnp.ones((3, 9, 2)), "b0": jnp.ones((9, 2)), "k1": jnp.ones((9, 2, 2))}
+    net = NeuralFunctional(spec, pointwise=(4,), equivariant=(3, 1))
+    variables = jax.jit(net.init)(jax.random.PRNGKey(0), small)
+    out = jax.jit(net.apply)(variables, wide)
+    assert out["k0"].shape == (3, 9, 1)
+
+
+def test_layer_rejects_tree_without_channel_axis():
+    spec = {"w": ("h", "g")}
+    with pytest.raises(ValueError, match="channel axis"):
+        UNFLinear(spec, 2).init(jax.random.PRNGKey(0), {"w": jnp.ones((3, 4))})
+
+
+def test_unknown_kind_is_an_error():
+    spec = {"w": ("h", "g")}
+    with pytest.raises(ValueError, match="unknown neural functional kind"):
+        NeuralFunctional(spec, equivariant=(1,), kind="gnn").init(
+            jax.random.PRNGKey(0), {"w": jnp.ones((3, 4, 1))}
+        )
+
+
+def test_deep_sets_is_pointwise():
+    spec = {"w": ("h", "g")}
+    net = NeuralFunctional(spec, pointwise=(4, 1), activation=nn.tanh)
+    x = {"w": jax.random.normal(jax.random.PRNGKey(0), (3, 4, 2))}
+    variables = net.init(jax.random.PRNGKey(1), x)
+    out = net.apply(variables, x)["w"]
+    single = net.apply(variables, {"w": x["w"][:1, :1]})["w"]
+    np.testing.assert_allclose(out[0, 0], single[0, 0], atol=1e-6)
+
+
+def test_per_term_reference_equals_fast_layer():
+    from lopt.nf.reference import per_term_apply
+
+    spec, shapes = transformer_like_space(blocks=1)
+    key = jax.random.PRNGKey(0)
+    x = {
+        k: jax.random.normal(jax.random.fold_in(key, i), (*s, 2))
+        for i, (k, s) in enumerate(shapes.items())
+    }
+    layer = UNFLinear(spec, 3)
+    params = jax.jit(layer.init)(key, x)["params"]
+    params = jax.tree_util.tree_map(lambda p: jax.random.normal(key, p.shape), params)
+    fast = jax.jit(layer.apply)({"params": params}, x)
+    slow = jax.jit(lambda p, inputs: per_term_apply(spec, p, inputs, 3))(params, x)
+    assert max_abs_diff(fast, slow) < 1e-4
