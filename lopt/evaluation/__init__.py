@@ -1,0 +1,1 @@
+"""Evaluation of trained optimizers against tuned baselines."""

@@ -1,0 +1,103 @@
+"""The learned-optimizer interface and helpers shared by every update rule.
+
+A :class:`LearnedOptimizer` is a bundle of pure functions, in the style of
+``optax.GradientTransformation``, with the meta-parameters ``theta`` passed explicitly so
+that the same optimizer can be evaluated for a whole population of ``theta`` with
+``jax.vmap`` and unrolled with ``jax.lax.scan``::
+
+    opt = make_optimizer("unf", spec)
+    theta = opt.init_meta(key)
+    state = opt.init(params)
+    updates, state = opt.update(theta, grads, state, params)
+    params = optax.apply_updates(params, updates)
+
+Meta-parameters that must stay in a range are stored unconstrained: positive ones as
+their logarithm (``log_*``), ones in ``(0, 1)`` as their logit (``logit_*``). Any value
+an outer optimizer writes into ``theta`` therefore maps to a valid hyperparameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.nf import spec as nfspec
+
+PyTree = Any
+
+
+class LearnedOptimizer(NamedTuple):
+    """An optimizer whose behaviour is set by meta-parameters ``theta``.
+
+    Attributes:
+        init_meta: ``init_meta(key, params=None) -> theta``, the initial meta-parameters.
+            ``params`` (arrays or ``jax.ShapeDtypeStruct``) is needed only where the
+            network's size depends on tensor shapes (axes a spec never permutes).
+        init: ``init(params) -> state``, the inner optimizer state (a NamedTuple).
+        update: ``update(theta, grads, state, params, loss=None) -> (updates, state)``;
+            add the updates with ``optax.apply_updates``.
+        config: JSON-serialisable ``{"name": ..., **hyperparameters}``; together with a
+            spec it rebuilds the optimizer (:func:`lopt.learned.optimizer_from_config`).
+    """
+
+    init_meta: Callable[..., PyTree]
+    init: Callable[[PyTree], Any]
+    update: Callable[..., tuple[PyTree, Any]]
+    config: dict
+
+
+def log_positive(value: float, name: str) -> jax.Array:
+    """The stored form of a positive meta-parameter: its natural logarithm (float32)."""
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return jnp.log(jnp.asarray(value, jnp.float32))
+
+
+def logit_unit(value: float, name: str) -> jax.Array:
+    """The stored form of a meta-parameter in ``(0, 1)``: its logit (float32)."""
+    if not 0 < value < 1:
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+    value = jnp.asarray(value, jnp.float32)
+    return jnp.log(value) - jnp.log1p(-value)
+
+
+def require_params(params: PyTree | None, name: str) -> PyTree:
+    """Raises a ValueError explaining that ``name`` needs the current parameters."""
+    if params is None:
+        raise ValueError(
+            f"the {name!r} optimizer needs the current parameters: call "
+            "update(grads, state, params) with params (its update depends on the weights)"
+        )
+    return params
+
+
+def check_like(reference: PyTree, other: PyTree, what: str, against: str) -> None:
+    """Raises a ValueError naming the mismatch when two trees differ in structure or shapes."""
+    ref_paths = nfspec.tree_leaves_with_paths(reference)
+    other_paths = nfspec.tree_leaves_with_paths(other)
+    if [p for p, _ in ref_paths] != [p for p, _ in other_paths]:
+        missing = sorted({p for p, _ in ref_paths} - {p for p, _ in other_paths})
+        extra = sorted({p for p, _ in other_paths} - {p for p, _ in ref_paths})
+        raise ValueError(
+            f"{what} do not match the {against}: missing {missing or 'none'}, "
+            f"unexpected {extra or 'none'}"
+        )
+    for (path, a), (_, b) in zip(ref_paths, other_paths, strict=True):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"{what} do not match the {against}: {path} has shape {jnp.shape(b)}, "
+                f"expected {jnp.shape(a)}"
+            )
+
+
+def validate_params(spec: nfspec.Spec | None, params: PyTree) -> None:
+    """Checks ``params`` against ``spec`` (skipped when there is no spec)."""
+    if spec is not None:
+        nfspec.validate(spec, params)
+
+
+def zero_count() -> jax.Array:
+    return jnp.zeros([], jnp.int32)

@@ -1,0 +1,164 @@
+"""Hand-designed optimizers behind the learned-optimizer interface.
+
+Their hyperparameters are the meta-parameters, so the same meta-training code can tune
+them: ``sgdm`` learns its learning rate and momentum, ``adam`` its learning rate, ``b1``
+and ``b2``. With the initial ``theta`` they reproduce ``optax.sgd(lr, momentum)`` and
+``optax.adam(lr, b1, b2, eps)`` step by step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.learned.base import (
+    LearnedOptimizer,
+    check_like,
+    log_positive,
+    logit_unit,
+    validate_params,
+    zero_count,
+)
+from lopt.nf import spec as nfspec
+
+PyTree = Any
+
+SGDM_DEFAULTS = {"learning_rate": 0.1, "momentum": 0.9}
+ADAM_DEFAULTS = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+
+
+class SGDMState(NamedTuple):
+    """State of momentum SGD: update count and momentum ``m ← μ m + g``."""
+
+    count: jax.Array
+    momentum: PyTree
+
+
+class AdamState(NamedTuple):
+    """State of Adam: update count and the first and second moment EMAs."""
+
+    count: jax.Array
+    mu: PyTree
+    nu: PyTree
+
+
+def _check_spec(spec: nfspec.Spec | None) -> None:
+    if spec is not None:
+        nfspec.validate(spec)
+
+
+def make_sgdm(
+    spec: nfspec.Spec | None = None,
+    *,
+    learning_rate: float = SGDM_DEFAULTS["learning_rate"],
+    momentum: float = SGDM_DEFAULTS["momentum"],
+) -> LearnedOptimizer:
+    """Momentum SGD, ``m ← μ m + g``, ``W ← W − η m`` (optax's convention).
+
+    Args:
+        spec: optional permutation spec; when given, ``init`` checks params against it.
+        learning_rate: initial η (stored as ``log_learning_rate``).
+        momentum: initial μ (stored as ``logit_momentum``).
+    """
+    _check_spec(spec)
+    initial = {
+        "log_learning_rate": log_positive(learning_rate, "learning_rate"),
+        "logit_momentum": logit_unit(momentum, "momentum"),
+    }
+
+    def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
+        del key, params
+        return dict(initial)
+
+    def init(params: PyTree) -> SGDMState:
+        validate_params(spec, params)
+        return SGDMState(zero_count(), jax.tree_util.tree_map(jnp.zeros_like, params))
+
+    def update(theta, grads, state, params=None, loss=None):
+        del loss
+        if params is not None:
+            check_like(params, grads, "gradients", "params")
+        lr = jnp.exp(theta["log_learning_rate"])
+        mu = jax.nn.sigmoid(theta["logit_momentum"])
+        new_momentum = jax.tree_util.tree_map(
+            lambda m, g: (g + mu.astype(m.dtype) * m).astype(m.dtype), state.momentum, grads
+        )
+        updates = jax.tree_util.tree_map(lambda m: (-lr * m).astype(m.dtype), new_momentum)
+        return updates, SGDMState(state.count + 1, new_momentum)
+
+    config = {"name": "sgdm", "learning_rate": float(learning_rate), "momentum": float(momentum)}
+    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)
+
+
+def make_adam(
+    spec: nfspec.Spec | None = None,
+    *,
+    learning_rate: float = ADAM_DEFAULTS["learning_rate"],
+    b1: float = ADAM_DEFAULTS["b1"],
+    b2: float = ADAM_DEFAULTS["b2"],
+    eps: float = ADAM_DEFAULTS["eps"],
+) -> LearnedOptimizer:
+    """Adam with bias correction, as ``optax.adam``.
+
+    Args:
+        spec: optional permutation spec; when given, ``init`` checks params against it.
+        learning_rate: initial learning rate (stored as ``log_learning_rate``).
+        b1: initial first-moment decay (stored as ``logit_b1``).
+        b2: initial second-moment decay (stored as ``logit_b2``).
+        eps: fixed denominator offset (not meta-learned).
+    """
+    _check_spec(spec)
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps!r}")
+    initial = {
+        "log_learning_rate": log_positive(learning_rate, "learning_rate"),
+        "logit_b1": logit_unit(b1, "b1"),
+        "logit_b2": logit_unit(b2, "b2"),
+    }
+
+    def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
+        del key, params
+        return dict(initial)
+
+    def init(params: PyTree) -> AdamState:
+        validate_params(spec, params)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return AdamState(zero_count(), zeros, zeros)
+
+    def update(theta, grads, state, params=None, loss=None):
+        del loss
+        if params is not None:
+            check_like(params, grads, "gradients", "params")
+        lr = jnp.exp(theta["log_learning_rate"])
+        decay1 = jax.nn.sigmoid(theta["logit_b1"])
+        decay2 = jax.nn.sigmoid(theta["logit_b2"])
+        mu = jax.tree_util.tree_map(
+            lambda m, g: ((1 - decay1) * g + decay1 * m).astype(m.dtype), state.mu, grads
+        )
+        nu = jax.tree_util.tree_map(
+            lambda v, g: ((1 - decay2) * jnp.square(g) + decay2 * v).astype(v.dtype),
+            state.nu,
+            grads,
+        )
+        count = state.count + 1
+        t = count.astype(jnp.float32)
+        correction1 = 1 - decay1**t
+        correction2 = 1 - decay2**t
+
+        def step(m: jax.Array, v: jax.Array) -> jax.Array:
+            direction = (m / correction1) / (jnp.sqrt(v / correction2) + eps)
+            return (-lr * direction).astype(m.dtype)
+
+        updates = jax.tree_util.tree_map(step, mu, nu)
+        return updates, AdamState(count, mu, nu)
+
+    config = {
+        "name": "adam",
+        "learning_rate": float(learning_rate),
+        "b1": float(b1),
+        "b2": float(b2),
+        "eps": float(eps),
+    }
+    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)

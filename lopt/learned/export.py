@@ -1,0 +1,94 @@
+"""Exposes a learned optimizer with fixed meta-parameters as an optax transformation.
+
+>>> optimizer = as_optax(make_optimizer("unf", spec), theta)
+>>> opt_state = optimizer.init(params)
+>>> updates, opt_state = optimizer.update(grads, opt_state, params, value=loss)
+>>> params = optax.apply_updates(params, updates)
+
+The transformation is an ``optax.GradientTransformationExtraArgs``: it works under
+``jax.jit`` and inside ``optax.chain`` (e.g. after ``optax.clip_by_global_norm``), takes
+the loss through optax's ``value=`` keyword (passed to the update rule as ``loss``) and
+ignores other extra arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lopt.learned.base import LearnedOptimizer
+
+PyTree = Any
+
+
+def check_theta(opt: LearnedOptimizer, theta: PyTree, params: PyTree) -> None:
+    """Checks that ``theta`` has the structure and shapes ``opt`` needs for ``params``.
+
+    Raises:
+        ValueError: naming the first meta-parameter that is missing, unexpected or of the
+            wrong shape.
+    """
+    expected = jax.eval_shape(lambda key: opt.init_meta(key, params), jax.random.key(0))
+    name = opt.config.get("name", "?")
+    flat_expected = {jax.tree_util.keystr(p): x for p, x in _flatten(expected)}
+    flat_theta = {jax.tree_util.keystr(p): x for p, x in _flatten(theta)}
+    missing = sorted(set(flat_expected) - set(flat_theta))
+    extra = sorted(set(flat_theta) - set(flat_expected))
+    if missing or extra:
+        raise ValueError(
+            f"theta does not fit the {name!r} optimizer for these params: missing "
+            f"{missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    for path, want in flat_expected.items():
+        got = tuple(jnp.shape(flat_theta[path]))
+        if got != tuple(want.shape):
+            raise ValueError(
+                f"theta does not fit the {name!r} optimizer for these params: {path} has "
+                f"shape {got}, expected {tuple(want.shape)} (was theta made for a model whose "
+                "fixed, unpermuted axes have other lengths?)"
+            )
+
+
+def _flatten(tree: PyTree) -> list:
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def as_optax(opt: LearnedOptimizer, theta: PyTree) -> optax.GradientTransformationExtraArgs:
+    """Wraps ``opt`` with meta-parameters ``theta`` as an optax transformation.
+
+    Args:
+        opt: a learned optimizer (built for the spec of the params it will see).
+        theta: its meta-parameters.
+
+    Returns:
+        ``optax.GradientTransformationExtraArgs`` whose ``init(params)`` validates the
+        params against the spec and ``theta`` against the optimizer, and whose
+        ``update(grads, state, params, value=None)`` requires ``params``.
+    """
+    theta = jax.tree_util.tree_map(jnp.asarray, theta)
+    name = opt.config.get("name", "learned")
+
+    def init_fn(params: PyTree) -> Any:
+        check_theta(opt, theta, params)
+        return opt.init(params)
+
+    def update_fn(
+        updates: PyTree,
+        state: Any,
+        params: PyTree | None = None,
+        *,
+        value: jax.Array | None = None,
+        **extra_args: Any,
+    ) -> tuple[PyTree, Any]:
+        del extra_args
+        if params is None:
+            raise ValueError(
+                f"the {name!r} learned optimizer needs the current params: call "
+                "optimizer.update(grads, opt_state, params) (its update depends on the weights)"
+            )
+        return opt.update(theta, updates, state, params, loss=value)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

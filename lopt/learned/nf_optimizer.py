@@ -1,0 +1,230 @@
+"""The UNF paper's learned update rule: momentum SGD plus a learned equivariant correction.
+
+For every tensor ``W`` of the optimised network, with gradient ``g``::
+
+    m ← γ0 m + g
+    W ← W − α (m + β f_θ(features, t))
+
+``f_θ`` is a neural functional over the whole weight space (:mod:`lopt.nf`) reading the
+19 feature channels of :mod:`lopt.learned.features`. ``α``, ``β`` and ``γ0`` are
+meta-parameters next to the network's weights. The momentum follows optax's convention
+(``optax.sgd(learning_rate=α, momentum=γ0)`` accumulates ``m ← g + γ0 m`` and steps by
+``−α m``), so with ``β f = 0`` the rule *is* momentum SGD, a safe starting point.
+
+Backbones (``f_θ``), all ``NeuralFunctional`` networks with ``hidden`` channels:
+
+* ``unf``: ``depth`` per-parameter layers, then one UNF layer with one output channel
+  (the paper's network).
+* ``unf_deep``: ``depth`` UNF layers of width ``hidden``, then one with one channel.
+* ``nfn``: as ``unf`` with NFN's final layer (conv spatial axes become channels).
+* ``deepsets``: ``depth`` per-parameter layers, then a per-parameter output layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from lopt.learned import features as feats
+from lopt.learned.base import (
+    LearnedOptimizer,
+    check_like,
+    log_positive,
+    logit_unit,
+    require_params,
+    validate_params,
+    zero_count,
+)
+from lopt.nf import spec as nfspec
+from lopt.nf.layers import NeuralFunctional
+
+PyTree = Any
+
+BACKBONES = ("unf", "unf_deep", "nfn", "deepsets")
+
+DEFAULTS = {
+    "hidden": 32,
+    "depth": 3,
+    "clip": feats.DEFAULT_CLIP,
+    "alpha": 0.1,
+    "beta": 0.001,
+    "gamma0": 0.9,
+}
+
+
+class NFOptState(NamedTuple):
+    """Inner state of the learned update rule.
+
+    Attributes:
+        count: int32 scalar, the number of updates applied.
+        momentum: ``m`` (accumulated with the learned ``γ0``), one tensor per parameter.
+        feature_momenta: the EMA momenta fed to the network, ``(*shape, 6)`` per parameter.
+    """
+
+    count: jax.Array
+    momentum: PyTree
+    feature_momenta: PyTree
+
+
+def build_network(backbone: str, spec: nfspec.Spec, hidden: int, depth: int) -> NeuralFunctional:
+    """The neural functional ``f_θ`` of a backbone (one output channel)."""
+    hidden_layers = (hidden,) * depth
+    if backbone == "unf":
+        return NeuralFunctional(spec, pointwise=hidden_layers, equivariant=(1,))
+    if backbone == "unf_deep":
+        return NeuralFunctional(spec, equivariant=(*hidden_layers, 1))
+    if backbone == "nfn":
+        return NeuralFunctional(spec, pointwise=hidden_layers, equivariant=(1,), kind="nfn")
+    if backbone == "deepsets":
+        return NeuralFunctional(spec, pointwise=(*hidden_layers, 1))
+    raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+
+
+def _shape_free(backbone: str, perm_id: Any) -> bool:
+    """Whether the network's parameter shapes ignore the length of an axis with this id."""
+    if backbone == "deepsets":
+        return True
+    if perm_id is None:
+        return False
+    return not (backbone == "nfn" and isinstance(perm_id, nfspec.Spatial))
+
+
+def init_features(backbone: str, spec: nfspec.Spec, params: PyTree | None) -> PyTree:
+    """The smallest feature tree that gives the network its full parameter shapes.
+
+    Axes whose length the parameter shapes ignore get length one; the others take their
+    length from ``params``.
+
+    Raises:
+        ValueError: when ``params`` is missing but an axis length matters.
+    """
+    leaves = nfspec.spec_leaves_with_paths(spec)
+    if params is not None:
+        nfspec.validate(spec, params)
+        shapes = [tuple(jnp.shape(t)) for _, t in nfspec.tree_leaves_with_paths(params)]
+    else:
+        shapes = [None] * len(leaves)
+    small = []
+    for (path, axes), shape in zip(leaves, shapes, strict=True):
+        dims = []
+        for position, perm_id in enumerate(axes):
+            if _shape_free(backbone, perm_id):
+                dims.append(1)
+            elif shape is None:
+                raise ValueError(
+                    f"init_meta needs example params for the {backbone!r} network: axis "
+                    f"{position} of {path} ({perm_id!r}) is folded into channels, so the "
+                    "network's size depends on its length; pass params=... to init_meta "
+                    "or example_params=... to make_optimizer"
+                )
+            else:
+                dims.append(shape[position])
+        small.append(jnp.zeros((*dims, feats.NUM_FEATURES), jnp.float32))
+    treedef = jax.tree_util.tree_structure(spec, is_leaf=nfspec.is_axes)
+    return jax.tree_util.tree_unflatten(treedef, small)
+
+
+def meta_parameters(theta: PyTree) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(α, β, γ0)`` from their stored forms in ``theta``."""
+    alpha = jnp.exp(theta["log_alpha"])
+    beta = jnp.exp(theta["log_beta"])
+    gamma0 = jax.nn.sigmoid(theta["logit_gamma0"])
+    return alpha, beta, gamma0
+
+
+def make_nf_optimizer(
+    backbone: str,
+    spec: nfspec.Spec,
+    *,
+    hidden: int = DEFAULTS["hidden"],
+    depth: int = DEFAULTS["depth"],
+    clip: float = DEFAULTS["clip"],
+    alpha: float = DEFAULTS["alpha"],
+    beta: float = DEFAULTS["beta"],
+    gamma0: float = DEFAULTS["gamma0"],
+    example_params: PyTree | None = None,
+) -> LearnedOptimizer:
+    """The learned update rule with a neural-functional backbone.
+
+    Args:
+        backbone: one of :data:`BACKBONES`.
+        spec: permutation spec of the optimised network's parameters.
+        hidden: channels of the hidden layers of ``f_θ``.
+        depth: number of hidden layers of ``f_θ``.
+        clip: feature clip bound (:func:`lopt.learned.features.normalize`).
+        alpha: initial step size α (stored as ``log_alpha``).
+        beta: initial scale β of the network's output (stored as ``log_beta``).
+        gamma0: initial momentum decay γ0 (stored as ``logit_gamma0``).
+        example_params: params (or ``jax.ShapeDtypeStruct`` tree) giving the lengths of
+            axes folded into channels, used by ``init_meta`` when it gets no ``params``.
+
+    Returns:
+        A :class:`~lopt.learned.base.LearnedOptimizer`; ``theta`` is
+        ``{"log_alpha", "log_beta", "logit_gamma0", "network"}``.
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+    if spec is None:
+        raise ValueError(f"the {backbone!r} optimizer needs the permutation spec of the params")
+    nfspec.validate(spec)
+    if example_params is not None:
+        nfspec.validate(spec, example_params)
+    for name, value in (("hidden", hidden), ("depth", depth)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a positive finite number, got {clip!r}")
+    initial = {
+        "log_alpha": log_positive(alpha, "alpha"),
+        "log_beta": log_positive(beta, "beta"),
+        "logit_gamma0": logit_unit(gamma0, "gamma0"),
+    }
+    network = build_network(backbone, spec, hidden, depth)
+    init_network = jax.jit(network.init)  # one compiled call instead of many eager ops
+    clip = float(clip)
+
+    def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
+        example = init_features(backbone, spec, example_params if params is None else params)
+        variables = init_network(key, example)
+        return {**initial, "network": variables["params"]}
+
+    def init(params: PyTree) -> NFOptState:
+        validate_params(spec, params)
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        return NFOptState(zero_count(), zeros, feats.init_feature_momenta(params))
+
+    def update(
+        theta: PyTree,
+        grads: PyTree,
+        state: NFOptState,
+        params: PyTree | None = None,
+        loss: jax.Array | None = None,
+    ) -> tuple[PyTree, NFOptState]:
+        del loss  # the paper's features do not read the loss
+        params = require_params(params, backbone)
+        check_like(params, grads, "gradients", "params")
+        alpha, beta, gamma0 = meta_parameters(theta)
+        momentum = jax.tree_util.tree_map(
+            lambda m, g: (gamma0.astype(m.dtype) * m + g).astype(m.dtype), state.momentum, grads
+        )
+        feature_momenta = feats.update_feature_momenta(state.feature_momenta, grads)
+        inputs = feats.weight_space_features(params, grads, feature_momenta, state.count, clip)
+        outputs = network.apply({"params": theta["network"]}, inputs)
+        updates = jax.tree_util.tree_map(
+            lambda m, f: (-alpha * (m + beta * f[..., 0])).astype(m.dtype), momentum, outputs
+        )
+        return updates, NFOptState(state.count + 1, momentum, feature_momenta)
+
+    config = {
+        "name": backbone,
+        "hidden": hidden,
+        "depth": depth,
+        "clip": clip,
+        "alpha": float(alpha),
+        "beta": float(beta),
+        "gamma0": float(gamma0),
+    }
+    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)

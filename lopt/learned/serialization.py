@@ -1,0 +1,217 @@
+"""Saves and loads learned optimizers: meta-parameters plus a versioned config, no pickle.
+
+A saved optimizer is one directory::
+
+    path/
+      config.json     {"format": "lopt.learned_optimizer", "format_version": 1,
+                       "name": "unf", "hyperparameters": {...}}
+      theta.msgpack   the meta-parameters, a msgpack of nested dicts of numpy arrays
+
+Loading needs only this package and the permutation spec of the params to optimise (the
+spec is not saved: the same ``theta`` serves any model of the same architecture, of any
+width).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+import optax
+
+from lopt.learned.base import LearnedOptimizer
+from lopt.learned.export import as_optax
+from lopt.learned.optimizers import OPTIMIZERS, optimizer_from_config
+from lopt.nf import spec as nfspec
+
+PyTree = Any
+
+FORMAT = "lopt.learned_optimizer"
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+THETA_FILE = "theta.msgpack"
+
+
+class SavedOptimizerError(ValueError):
+    """A saved optimizer directory is malformed, corrupt or from a newer format."""
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_optimizer(path: str | os.PathLike, opt: LearnedOptimizer, theta: PyTree) -> Path:
+    """Writes ``opt``'s config and ``theta`` to the directory ``path`` (created if needed).
+
+    Args:
+        path: target directory; existing files of a saved optimizer are replaced.
+        opt: the optimizer (its ``config`` is saved).
+        theta: its meta-parameters (nested dicts of arrays).
+
+    Returns:
+        The directory as a ``Path``.
+    """
+    directory = Path(path)
+    config = dict(opt.config)
+    name = config.pop("name", None)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"cannot save optimizer with unknown name {name!r}")
+    document = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "hyperparameters": config,
+    }
+    try:
+        config_bytes = json.dumps(document, indent=2, sort_keys=True).encode()
+    except TypeError as err:
+        raise ValueError(f"the optimizer config is not JSON-serialisable: {err}") from err
+    state = jax.tree_util.tree_map(np.asarray, flax.serialization.to_state_dict(theta))
+    theta_bytes = flax.serialization.msgpack_serialize(state)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / THETA_FILE, theta_bytes)
+    _write_atomic(directory / CONFIG_FILE, config_bytes)
+    return directory
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """Reads and checks ``config.json`` of a saved optimizer.
+
+    Returns:
+        ``{"name": ..., **hyperparameters}``, the optimizer's ``config``.
+
+    Raises:
+        FileNotFoundError: the directory or its config file does not exist.
+        SavedOptimizerError: the file is not valid JSON, not a lopt optimizer config, or
+            written by a newer format version.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no saved optimizer at {directory}: not a directory")
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise FileNotFoundError(f"saved optimizer {directory} has no {CONFIG_FILE}")
+    try:
+        document = json.loads(config_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SavedOptimizerError(f"{config_path} is not valid JSON: {err}") from err
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise SavedOptimizerError(
+            f"{config_path} is not a lopt learned-optimizer config (expected "
+            f"\"format\": {FORMAT!r})"
+        )
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise SavedOptimizerError(f"{config_path} has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise SavedOptimizerError(
+            f"{config_path} has format version {version}, newer than the versions this lopt "
+            f"reads (up to {FORMAT_VERSION}); upgrade lopt to load it"
+        )
+    name, hyper = document.get("name"), document.get("hyperparameters", {})
+    if name not in OPTIMIZERS:
+        raise SavedOptimizerError(
+            f"{config_path} names unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}"
+        )
+    if not isinstance(hyper, dict):
+        raise SavedOptimizerError(f"{config_path}: hyperparameters must be a JSON object")
+    return {"name": name, **hyper}
+
+
+def read_theta(path: str | os.PathLike) -> PyTree:
+    """Reads ``theta.msgpack`` of a saved optimizer as nested dicts of numpy arrays.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        SavedOptimizerError: the file is not a msgpack of nested dicts of numeric arrays.
+    """
+    theta_path = Path(path) / THETA_FILE
+    if not theta_path.is_file():
+        raise FileNotFoundError(f"saved optimizer {Path(path)} has no {THETA_FILE}")
+    try:
+        theta = flax.serialization.msgpack_restore(theta_path.read_bytes())
+    except Exception as err:  # msgpack raises several unrelated types on bad bytes
+        raise SavedOptimizerError(f"{theta_path} is corrupt or not a msgpack file: {err}") from err
+    if not isinstance(theta, dict):
+        raise SavedOptimizerError(f"{theta_path} does not hold a dict of meta-parameters")
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(theta)[0]:
+        where = jax.tree_util.keystr(key_path)
+        if not isinstance(leaf, np.ndarray | np.generic) or not np.issubdtype(
+            np.asarray(leaf).dtype, np.number
+        ):
+            raise SavedOptimizerError(f"{theta_path}: entry {where} is not a numeric array")
+    return jax.tree_util.tree_map(np.asarray, theta)
+
+
+def _ranks(tree: PyTree) -> dict[str, int]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.ndim(leaf) for path, leaf in flat}
+
+
+def _check_keys(opt: LearnedOptimizer, theta: PyTree, spec: nfspec.Spec | None, where: Path):
+    """Compares theta's entries (names and ranks) with those of a fresh ``init_meta``."""
+    unit_params = None
+    if spec is not None:
+        unit_params = jax.tree_util.tree_map(
+            lambda axes: jax.ShapeDtypeStruct((1,) * len(axes), np.float32),
+            spec,
+            is_leaf=nfspec.is_axes,
+        )
+    expected = jax.eval_shape(lambda key: opt.init_meta(key, unit_params), jax.random.key(0))
+    want, got = _ranks(expected), _ranks(theta)
+    if set(want) != set(got):
+        raise SavedOptimizerError(
+            f"{where / THETA_FILE} does not match its config: missing "
+            f"{sorted(set(want) - set(got)) or 'none'}, unexpected "
+            f"{sorted(set(got) - set(want)) or 'none'}"
+        )
+    wrong = [key for key in want if want[key] != got[key]]
+    if wrong:
+        raise SavedOptimizerError(
+            f"{where / THETA_FILE} does not match its config: wrong rank for {wrong}"
+        )
+
+
+def load_learned_optimizer(
+    path: str | os.PathLike, spec: nfspec.Spec | None = None, **extra: Any
+) -> tuple[LearnedOptimizer, PyTree]:
+    """Loads a saved optimizer as ``(LearnedOptimizer, theta)`` for params with ``spec``.
+
+    Args:
+        path: the directory written by :func:`save_optimizer`.
+        spec: permutation spec of the params to optimise (required by the learned rules).
+        **extra: further keywords for the optimizer's factory, e.g. ``example_params``.
+
+    Raises:
+        FileNotFoundError, SavedOptimizerError: see :func:`read_config` and
+            :func:`read_theta`; also when ``theta`` does not fit the config.
+    """
+    config = read_config(path)
+    theta = read_theta(path)
+    opt = optimizer_from_config(config, spec, **extra)
+    _check_keys(opt, theta, spec, Path(path))
+    return opt, theta
+
+
+def load_optimizer(
+    path: str | os.PathLike, spec: nfspec.Spec | None = None
+) -> optax.GradientTransformationExtraArgs:
+    """Loads a saved optimizer as an optax transformation for params with ``spec``.
+
+    See :func:`lopt.learned.as_optax` for the transformation's behaviour.
+    """
+    opt, theta = load_learned_optimizer(path, spec)
+    return as_optax(opt, theta)

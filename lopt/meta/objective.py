@@ -1,0 +1,113 @@
+"""The meta-objective: which inner losses the outer loop minimises, and how they are shaped.
+
+Every inner step ``t`` of a particle yields one *per-step objective* value: the loss of the
+parameters entering step ``t`` (after ``t`` updates of the current episode) on either the
+training minibatch of that step (``split="train"``, free: it is the loss the inner gradient is
+taken of) or a fresh held-out batch (``split="test"``, one extra forward pass per step).
+
+``reduction`` says how per-step values form the objective of one unroll:
+
+* ``"mean"`` -- mean over the unroll's steps (the usual choice: rewards fast *and* good
+  training).
+* ``"final"`` -- the sum, over the unroll, of the values at the last step of each episode
+  (the loss after ``length - 1`` updates): only where training ends up counts. The signal is
+  sparse (one value per episode), so expect noisier estimates.
+
+``transform`` shapes each per-step value before the reduction:
+
+* ``"none"`` -- the raw loss.
+* ``"log"`` -- ``log(max(loss, 1e-8))``. Losses of different tasks and training phases differ by
+  orders of magnitude; the log makes a relative improvement count the same early and late in
+  training and keeps one blown-up particle from dominating the estimate.
+
+``clip`` (optional) caps each transformed value from above, bounding what a particle that has
+started to diverge can contribute while it is still finite.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+_SPLITS = ("train", "test")
+_REDUCTIONS = ("mean", "final")
+_TRANSFORMS = ("none", "log")
+_LOG_FLOOR = 1e-8
+
+
+class MetaObjective(NamedTuple):
+    """What the outer loop minimises (see the module docstring).
+
+    Attributes:
+        split: ``"train"`` or ``"test"``: which data the per-step loss is measured on.
+        reduction: ``"mean"`` or ``"final"``.
+        transform: ``"none"`` or ``"log"``.
+        clip: upper bound on each transformed per-step value, or ``None``.
+    """
+
+    split: str = "train"
+    reduction: str = "mean"
+    transform: str = "none"
+    clip: float | None = None
+
+    def validate(self) -> MetaObjective:
+        """Returns self; raises ``ValueError`` naming the bad field otherwise."""
+        if self.split not in _SPLITS:
+            raise ValueError(f"MetaObjective.split must be one of {_SPLITS}, got {self.split!r}")
+        if self.reduction not in _REDUCTIONS:
+            raise ValueError(
+                f"MetaObjective.reduction must be one of {_REDUCTIONS}, got {self.reduction!r}"
+            )
+        if self.transform not in _TRANSFORMS:
+            raise ValueError(
+                f"MetaObjective.transform must be one of {_TRANSFORMS}, got {self.transform!r}"
+            )
+        if self.clip is not None and (
+            isinstance(self.clip, bool)
+            or not isinstance(self.clip, int | float)
+            or self.clip != self.clip
+        ):
+            raise ValueError(f"MetaObjective.clip must be a number or None, got {self.clip!r}")
+        return self
+
+    @property
+    def config(self) -> dict:
+        """JSON-serialisable form."""
+        return dict(self._asdict())
+
+    def shape(self, loss: jax.Array) -> jax.Array:
+        """Applies ``transform`` and ``clip`` to a per-step loss (any shape)."""
+        if self.transform == "log":
+            loss = jnp.log(jnp.maximum(loss, _LOG_FLOOR))
+        if self.clip is not None:
+            loss = jnp.minimum(loss, self.clip)
+        return loss
+
+    def step_weights(self, ended: jax.Array) -> jax.Array:
+        """Weights of per-step values in one unroll's objective.
+
+        Args:
+            ended: bool ``(K, ...)``; true where a step was the last of its episode.
+
+        Returns:
+            float32 ``(K, ...)``: ``1/K`` everywhere for ``"mean"``, ``ended`` for ``"final"``.
+        """
+        if self.reduction == "mean":
+            return jnp.full(ended.shape, 1.0 / ended.shape[0], jnp.float32)
+        return ended.astype(jnp.float32)
+
+
+def as_objective(objective: MetaObjective | dict | None) -> MetaObjective:
+    """Accepts a ``MetaObjective``, its config dict, or ``None`` (the default objective)."""
+    if objective is None:
+        return MetaObjective()
+    if isinstance(objective, dict):
+        unknown = set(objective) - set(MetaObjective._fields)
+        if unknown:
+            raise ValueError(f"unknown MetaObjective fields {sorted(unknown)}")
+        objective = MetaObjective(**objective)
+    if not isinstance(objective, MetaObjective):
+        raise TypeError(f"expected a MetaObjective, got {type(objective)}")
+    return objective.validate()

@@ -1,0 +1,231 @@
+"""Tests of the inner tasks: interface, data streams, derived specs, training."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lopt.nf import spec as nfspec
+from lopt.tasks import (
+    EMBEDDED_TASKS,
+    SymmetryError,
+    Task,
+    check_symmetry,
+    get_task,
+    task_names,
+)
+from lopt.tasks import data as task_data
+
+
+@functools.cache
+def cached_task(name: str) -> Task:
+    return get_task(name)
+
+
+@functools.cache
+def cached_params(name: str):
+    return jax.jit(cached_task(name).init)(jax.random.key(1))
+
+
+@pytest.fixture(params=EMBEDDED_TASKS)
+def task(request) -> Task:
+    return cached_task(request.param)
+
+
+def test_registry_lists_all_tasks():
+    names = set(task_names())
+    assert set(EMBEDDED_TASKS) <= names
+    assert {"mlp_fashion_mnist", "cnn_cifar10", "rnn_lm1b", "transformer_lm1b"} <= names
+
+
+def test_registry_rejects_unknown_names_and_options():
+    with pytest.raises(ValueError, match="unknown task 'mlp_mnist'"):
+        get_task("mlp_mnist")
+    with pytest.raises(TypeError, match="does not take options \\['hidden'\\]"):
+        get_task("mlp_digits", hidden=3)
+
+
+def test_size_options_change_the_model():
+    task = get_task("mlp_digits", width=7, depth=2, batch_size=5)
+    params = jax.eval_shape(task.init, jax.random.key(0))
+    assert params["Dense_0"]["kernel"].shape == (64, 7)
+    assert params["Dense_1"]["kernel"].shape == (7, 7)
+    assert params["Dense_2"]["kernel"].shape == (7, 10)
+    assert task.batch(jax.random.key(0))["inputs"].shape == (5, 64)
+    assert task.config["width"] == 7
+
+
+def test_spec_validates_against_init_params(task):
+    params = cached_params(task.name)
+    nfspec.validate(task.spec, params)
+    assert nfspec.symmetry_ids(task.spec), "every task has hidden-neuron symmetries"
+    assert nfspec.perm_ids(task.spec, lambda i: isinstance(i, nfspec.ByChoice))
+
+
+def test_batches_have_documented_shapes_and_ranges(task):
+    batch = task.batch(jax.random.key(0))
+    inputs, targets = batch["inputs"], batch["targets"]
+    assert inputs.shape[0] == targets.shape[0] == task.batch_size
+    if "tokens" in task.data["train"]:
+        assert inputs.dtype == targets.dtype == jnp.int32
+        assert inputs.shape == targets.shape
+        # Targets are the inputs shifted by one byte.
+        np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])
+        assert int(inputs.max()) < 256
+    else:
+        assert inputs.dtype == jnp.float32
+        assert 0.0 <= float(inputs.min()) and float(inputs.max()) <= 1.0
+        assert targets.dtype == jnp.int32 and int(targets.max()) < 10
+
+
+def test_train_and_test_splits_are_disjoint():
+    digits = task_data.digits_images()
+    train = {a.tobytes() + b.tobytes() for a, b in zip(digits["train"]["images"],
+                                                      digits["train"]["labels"], strict=True)}
+    test = [a.tobytes() + b.tobytes() for a, b in zip(digits["test"]["images"],
+                                                     digits["test"]["labels"], strict=True)]
+    assert len(digits["train"]["labels"]) == 1438 and len(test) == 359
+    assert not any(t in train for t in test)  # sklearn's 1797 digits are all distinct
+    text = task_data.pydoc_text()
+    stream = np.concatenate([text["train"]["tokens"], text["test"]["tokens"]])
+    assert len(text["test"]["tokens"]) == pytest.approx(0.1 * len(stream), abs=1)
+
+
+def test_test_split_draws_from_held_out_data():
+    task = cached_task("rnn_text")
+    test_tokens = bytes(np.asarray(task.data["test"]["tokens"]))
+    window = bytes(np.asarray(task.batch(jax.random.key(3), "test")["inputs"][0], np.uint8))
+    assert window in test_tokens
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        task.batch(jax.random.key(0), "valid")
+
+
+def test_batches_are_independent_streams(task):
+    keys = jax.random.split(jax.random.key(0), 3)
+    batches = [task.batch(k)["inputs"] for k in keys]
+    assert not np.array_equal(batches[0], batches[1])
+    np.testing.assert_array_equal(batches[2], task.batch(keys[2])["inputs"])
+
+
+def test_task_passes_through_jit_as_an_argument():
+    task = cached_task("mlp_digits")
+    leaves = jax.tree_util.tree_leaves(task)
+    assert {leaf.shape[0] for leaf in leaves} == {1438, 359}
+
+    @jax.jit
+    def draw(task, key):
+        return task.batch(key)
+
+    key = jax.random.key(5)
+    np.testing.assert_array_equal(draw(task, key)["inputs"], task.batch(key)["inputs"])
+    draw(task, jax.random.key(6))
+    assert draw._cache_size() == 1
+    rebuilt = jax.tree_util.tree_map(lambda x: x, task)
+    assert isinstance(rebuilt, Task) and rebuilt.spec is task.spec
+
+
+def test_symmetry_ids_keep_the_function_and_by_choice_ids_change_it(task):
+    params = cached_params(task.name)
+    batch = task.batch(jax.random.key(2))
+    symmetries = nfspec.symmetry_ids(task.spec)
+    permuted = nfspec.permute(
+        params, task.spec, nfspec.random_permutations(jax.random.key(3), task.spec, params,
+                                                      ids=symmetries)
+    )
+    moved = sum(
+        int(jnp.sum(a != b))
+        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(permuted),
+                        strict=True)
+    )
+    assert moved > 0, "the permutation must actually move parameters"
+    loss = jax.jit(task.loss)
+    assert float(loss(permuted, batch)) == pytest.approx(float(loss(params, batch)), rel=1e-5)
+
+    sizes = nfspec.perm_sizes(task.spec, params)
+    by_choice = [
+        perm_id
+        for perm_id in nfspec.perm_ids(task.spec, lambda i: isinstance(i, nfspec.ByChoice))
+        if sizes[perm_id] > 1  # the digits' single input channel has nothing to permute
+    ]
+    # Predictions (logits) are compared id by id: unchanged under every symmetry id,
+    # changed under every by-choice id.
+    report = check_symmetry(task, params, None, jax.random.key(4), ids=symmetries + by_choice,
+                            raise_on_failure=False)
+    assert set(report.errors) == {*symmetries, *by_choice, "<all>"}
+    assert set(report.failed) == {*by_choice, "<all>"}
+
+
+def test_check_symmetry_catches_a_per_block_residual_id():
+    # The UNF paper's code gave each transformer block its own residual-stream id; that is
+    # not a symmetry of the network and the numerical check must say so.
+    task = cached_task("transformer_text")
+    stream = task.spec["embed"]["embedding"][1]
+    wrong = jax.tree_util.tree_map_with_path(
+        lambda path, axes: tuple(
+            "block_1/stream" if a == stream and "block_1" in jax.tree_util.keystr(path) else a
+            for a in axes
+        ),
+        task.spec,
+        is_leaf=nfspec.is_axes,
+    )
+    params = cached_params(task.name)
+    with pytest.raises(SymmetryError, match="block_1/stream"):
+        check_symmetry(task, params, wrong, jax.random.key(1))
+
+
+def test_check_symmetry_catches_a_split_hidden_id():
+    task = cached_task("mlp_digits")
+    params = cached_params(task.name)
+    wrong = jax.tree_util.tree_map(lambda axes: axes, task.spec, is_leaf=nfspec.is_axes)
+    wrong["Dense_1"]["kernel"] = ("hidden_in", wrong["Dense_1"]["kernel"][1])
+    report = check_symmetry(task, params, wrong, jax.random.key(1), raise_on_failure=False)
+    assert not report.ok and "hidden_in" in report.failed
+
+
+def test_check_symmetry_accepts_plain_functions():
+    params = {"w1": jnp.arange(12.0).reshape(3, 4) / 10, "w2": jnp.arange(8.0).reshape(4, 2)}
+    fn = lambda p, x: jnp.tanh(x @ p["w1"]) @ p["w2"]
+    inputs = jnp.ones((5, 3))
+    good = {"w1": (None, "h"), "w2": ("h", None)}
+    assert check_symmetry(fn, params, good, jax.random.key(0), inputs=inputs).ok
+    bad = {"w1": (None, "h"), "w2": ("g", None)}
+    with pytest.raises(SymmetryError):
+        check_symmetry(fn, params, bad, jax.random.key(0), inputs=inputs)
+    with pytest.raises(TypeError, match="Task or a callable"):
+        check_symmetry(3, params, good, jax.random.key(0))
+
+
+def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
+    optimizer = optax.adam(2e-2)
+    small = dataclasses.replace(task, batch_size=32)
+
+    @jax.jit
+    @jax.vmap
+    def run(key):
+        init_key, eval_key, data_key = jax.random.split(key, 3)
+        params = small.init(init_key)
+        held_out = task.batch(eval_key, "test")
+        before = task.metrics(params, held_out)
+
+        def step(carry, batch_key):
+            params, state = carry
+            loss, grads = jax.value_and_grad(small.loss)(params, small.batch(batch_key))
+            updates, state = optimizer.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        (params, _), _ = jax.lax.scan(
+            step, (params, optimizer.init(params)), jax.random.split(data_key, 60)
+        )
+        return before, task.metrics(params, held_out)
+
+    before, after = run(jax.random.split(jax.random.key(0), 2))
+    assert before["loss"].shape == (2,)
+    # Two independent runs (vmapped over keys) both learn.
+    assert bool(jnp.all(after["loss"] < before["loss"] - 0.15)), (before, after)
+    assert not np.allclose(after["loss"][0], after["loss"][1])
