@@ -33,6 +33,11 @@ input or output axis they reach (``ByChoice("input/axis1")``, ``ByChoice("input/
 ``ByChoice("output/axis2")``). Strings never collide the way ``-0 == 0`` integers do.
 
 :func:`lopt.tasks.check_symmetry` verifies a spec numerically.
+
+A layer of width one is a degenerate case: reshapes that add or drop unit axes cannot say
+which unit axis carries the neuron, so such an axis may get an id of its own instead of
+the id of its layer. That is still a true symmetry (the only permutation of one neuron is
+the identity), but a hand-written spec would share the id.
 """
 
 from __future__ import annotations

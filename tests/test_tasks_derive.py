@@ -171,13 +171,15 @@ class Flattened(nn.Module):
 class Cumulative(nn.Module):
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(2)(jnp.cumsum(nn.Dense(6)(x), axis=-1))
+        h = nn.Dense(6)(x)
+        return nn.Dense(2)(jnp.cumsum(h, axis=-1))
 
 
 class ConstantWeighted(nn.Module):
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(2)(nn.Dense(6)(x) * jnp.asarray(np.linspace(0.5, 1.5, 6), jnp.float32))
+        h = nn.Dense(6)(x)
+        return nn.Dense(2)(h * jnp.asarray(np.linspace(0.5, 1.5, 6), jnp.float32))
 
 
 class Positional(nn.Module):
@@ -235,7 +237,9 @@ def test_layer_norm_on_a_hidden_layer_shares_its_id():
     class Normed(nn.Module):
         @nn.compact
         def __call__(self, x):
-            return nn.Dense(2)(nn.LayerNorm()(nn.gelu(nn.Dense(6)(x))))
+            # flax names submodules in construction order: build the hidden layer first
+            h = nn.gelu(nn.Dense(6)(x))
+            return nn.Dense(2)(nn.LayerNorm()(h))
 
     inputs = jax.random.normal(jax.random.key(0), (3, 4))
     spec, params = derive(Normed(), inputs)
@@ -255,7 +259,9 @@ def test_ids_are_strings_never_colliding_integers():
 
 @settings(max_examples=6, deadline=None)
 @given(
-    widths=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    # Size-one axes are excluded: a reshape that adds or drops unit axes cannot say which
+    # of them carries the neuron, and the only permutation of one neuron is the identity.
+    widths=st.lists(st.integers(2, 6), min_size=1, max_size=3),
     features=st.integers(1, 5),
 )
 def test_derived_mlp_specs_are_exact(widths, features):

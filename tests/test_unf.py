@@ -325,10 +325,10 @@ def test_parameter_count_matches_basis_size():
     x = {"w": jnp.ones((3, 3, 2)), "b": jnp.ones((3, 2)), "v": jnp.ones((3, 4, 2))}
     features = 5
     variables = jax.eval_shape(UNFLinear(spec, features).init, jax.random.PRNGKey(0), x)
-    kernels = sum(p.size for n, p in variables["params"].items() if n.endswith("kernel"))
+    kernels = sum(p.size for n, p in variables["params"].items() if n.startswith("kernel"))
     ids = [("h", "h"), ("h",), ("h", ByChoice("o"))]
     assert kernels == sum(count_terms(o, i) for o, i in itertools.product(ids, ids)) * 2 * features
-    biases = sum(p.size for n, p in variables["params"].items() if n.endswith("bias"))
+    biases = sum(p.size for n, p in variables["params"].items() if n.startswith("bias"))
     # equivariant constants: partitions of each output's axes (Bell numbers per id)
     assert biases == (bell(2) + bell(1) + 1) * features
 
