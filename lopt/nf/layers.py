@@ -73,30 +73,62 @@ def _unfold(tensor: Array, layout: TensorLayout, features: int) -> Array:
     return jnp.transpose(expanded, (*inverse, len(order)))
 
 
+def sum_axes(x: Array, axes: Sequence[int]) -> Array:
+    """Sums ``x`` over ``axes`` with batched dots against ones.
+
+    XLA's CPU reductions are slow when a small reduced extent meets a large kept minor
+    extent (summing the 3x3 taps of a conv kernel's features ran ~50x slower than this),
+    and the gradient of a broadcast is such a reduction. A dot whose batch and contracted
+    axes lead needs no transposes, and its transpose (the gradient) is a broadcast.
+
+    Args:
+        x: any array.
+        axes: axes to sum over; runs of adjacent axes are summed as one.
+
+    Returns:
+        ``x`` without ``axes``.
+    """
+    runs: list[list[int]] = []
+    for axis in sorted(set(axes)):
+        if runs and runs[-1][1] == axis:
+            runs[-1][1] = axis + 1
+        else:
+            runs.append([axis, axis + 1])
+    for start, stop in reversed(runs):
+        shape = x.shape
+        outer, inner = math.prod(shape[:start]), math.prod(shape[start:stop])
+        grouped = x.reshape(outer, inner, math.prod(shape[stop:]))
+        ones = jnp.ones((outer, inner), x.dtype)
+        summed = jax.lax.dot_general(ones, grouped, (((1,), (1,)), ((0,), (0,))))
+        x = summed.reshape(shape[:start] + shape[stop:])
+    return x
+
+
 def _reduce(tensor: Array, reduction: Reduction, layout: TensorLayout) -> Array:
     """Diagonals over the reduction's blocks, mean over the blocks not kept.
 
     Args:
         tensor: folded input, ``(*permuted_shape, C)``.
-        reduction: which blocks to take diagonals of and which to keep.
+        reduction: which blocks to take diagonals of and which to keep; ``kept`` sorted.
         layout: the input tensor's layout.
 
     Returns:
-        ``(*kept_block_sizes, C)`` with the kept blocks in ``reduction.kept`` order.
+        ``(*kept_block_sizes, C)`` with the kept blocks in increasing order.
     """
-    letters = einsum_letters(len(reduction.partition))
-    block_of = {}
-    for letter, block in zip(letters, reduction.partition, strict=True):
-        for position in block:
-            block_of[position] = letter
-    source = "".join(block_of[position] for position in range(len(layout.ids))) + _CHANNEL
-    target = "".join(letters[block] for block in reduction.kept) + _CHANNEL
-    reduced = jnp.einsum(f"{source}->{target}", tensor)
-    averaged = [
-        block for index, block in enumerate(reduction.partition) if index not in reduction.kept
-    ]
-    count = math.prod(layout.permuted_shape[block[0]] for block in averaged)
-    return reduced / count if count != 1 else reduced
+    if any(len(block) > 1 for block in reduction.partition):
+        # one axis per block, in block order (blocks are sorted by their first axis)
+        letters = einsum_letters(len(reduction.partition))
+        block_of = {}
+        for letter, block in zip(letters, reduction.partition, strict=True):
+            for position in block:
+                block_of[position] = letter
+        source = "".join(block_of[position] for position in range(len(layout.ids)))
+        tensor = jnp.einsum(f"{source}{_CHANNEL}->{letters}{_CHANNEL}", tensor)
+    averaged = [index for index in range(len(reduction.partition)) if index not in reduction.kept]
+    if not averaged:
+        return tensor
+    count = math.prod(layout.permuted_shape[reduction.partition[i][0]] for i in averaged)
+    return sum_axes(tensor, averaged) / count
 
 
 @functools.lru_cache(maxsize=1024)
@@ -114,20 +146,80 @@ def _diagonal_mask(shape: tuple[int, ...], block: tuple[int, ...]) -> np.ndarray
     return equal.astype(np.float32)[..., None]
 
 
-def _embed(z: Array, group: Group, layout: TensorLayout) -> Array:
-    """Places a group's output ``(*carried_sizes, C)`` into ``(*permuted_shape, C)``.
+Placement = tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]
+"""How a group's output enters its tensor: the output's shape without channels (one
+entry per carried block), the shape it is reshaped to (size one on broadcast axes), and
+the multi-axis blocks whose diagonal it is restricted to."""
+
+
+def _placement(group: Group, layout: TensorLayout) -> Placement:
+    shape = layout.permuted_shape
+    firsts = [group.partition[index][0] for index in group.carried]
+    expanded = tuple(shape[axis] if axis in firsts else 1 for axis in range(len(shape)))
+    diagonals = tuple(block for block in group.partition if len(block) > 1)
+    return tuple(shape[axis] for axis in firsts), expanded, diagonals
+
+
+def _place(z: Array, placement: Placement, shape: tuple[int, ...]) -> Array:
+    _, expanded, diagonals = placement
+    out = jnp.broadcast_to(z.reshape((*expanded, z.shape[-1])), (*shape, z.shape[-1]))
+    for block in diagonals:
+        out = out * _diagonal_mask(shape, block).astype(out.dtype)
+    return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _embed_sum(zs: tuple[Array, ...], placements: tuple[Placement, ...], shape: tuple[int, ...]):
+    """``Σ_g place(z_g)``: every group's output put in its tensor's ``(*shape, C)``.
 
     Carried blocks index the output (on the diagonal for blocks of several axes); the
     other blocks broadcast (again on the diagonal for blocks of several axes).
+
+    The gradient is written by hand. Left to autodiff, the cotangent's producer is
+    fused into each of the per-group reductions and recomputed once per group, and the
+    reductions of broadcast axes are XLA reductions, which are slow on CPU for the small
+    extents of conv taps; here the cotangent is materialised once and every reduction is
+    a :func:`sum_axes` dot.
     """
-    shape = layout.permuted_shape
-    firsts = {group.partition[index][0] for index in group.carried}
-    expanded_shape = [shape[axis] if axis in firsts else 1 for axis in range(len(shape))]
-    out = z.reshape((*expanded_shape, z.shape[-1]))
-    for block in group.partition:
-        if len(block) > 1:
-            out = out * _diagonal_mask(shape, block).astype(out.dtype)
-    return out
+    total = _place(zs[0], placements[0], shape)
+    for z, placement in zip(zs[1:], placements[1:], strict=True):
+        total = total + _place(z, placement, shape)
+    return total
+
+
+def _embed_sum_fwd(zs, placements, shape):
+    return _embed_sum(zs, placements, shape), None
+
+
+def _embed_sum_bwd(placements, shape, residual, g):
+    del residual
+    # Sums of the cotangent over axis sets, each computed from the largest cached sum
+    # over a subset: few reductions read the full-size cotangent, so XLA duplicates its
+    # fused producer into few consumers.
+    sums: dict[frozenset[int], Array] = {frozenset(): g}
+    grads: list[Array | None] = [None] * len(placements)
+    summed_axes = [
+        frozenset(axis for axis, size in enumerate(expanded) if size != shape[axis])
+        for _, expanded, _ in placements
+    ]
+    for index in sorted(range(len(placements)), key=lambda i: len(summed_axes[i])):
+        carried_shape, _, diagonals = placements[index]
+        axes = summed_axes[index]
+        if diagonals:
+            masked = g
+            for block in diagonals:
+                masked = masked * _diagonal_mask(shape, block).astype(g.dtype)
+            summed = sum_axes(masked, sorted(axes))
+        else:
+            base = max((done for done in sums if done <= axes), key=len)
+            remaining = [axis for axis in range(len(shape)) if axis not in base]
+            summed = sum_axes(sums[base], [remaining.index(axis) for axis in axes - base])
+            sums[axes] = summed
+        grads[index] = summed.reshape((*carried_shape, g.shape[-1]))
+    return (tuple(grads),)
+
+
+_embed_sum.defvjp(_embed_sum_fwd, _embed_sum_bwd)
 
 
 class UNFLinear(nn.Module):
@@ -226,17 +318,16 @@ class UNFLinear(nn.Module):
 
         outputs = []
         for out_index, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
-            total = None
+            zs = []
             bias_index = 0
             for group_index, group in enumerate(groups):
                 z = results[(out_index, group_index)]
                 if biases[out_index] is not None and group.has_bias:
                     z = z + biases[out_index][bias_index].astype(z.dtype)
                     bias_index += 1
-                contribution = _embed(z, group, layout)
-                total = contribution if total is None else total + contribution
-            out_channels = self.features * layout.fixed_size
-            total = jnp.broadcast_to(total, (*layout.permuted_shape, out_channels))
+                zs.append(z)
+            placements = tuple(_placement(group, layout) for group in groups)
+            total = _embed_sum(tuple(zs), placements, layout.permuted_shape)
             outputs.append(_unfold(total, layout, self.features))
         return jax.tree_util.tree_unflatten(treedef, outputs)
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.nf.layers import _embed, _fold, _reduce, _unfold, plan_for
+from lopt.nf.layers import _fold, _place, _placement, _reduce, _unfold, plan_for
 
 PyTree = Any
 
@@ -58,9 +58,11 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
                 width = reduced.shape[-1]
                 z = reduced @ kernel[row : row + width]
                 row += width
-                total = total + _embed(z, group, layout)
+                total = total + _place(z, _placement(group, layout), layout.permuted_shape)
             if bias is not None and group.has_bias:
-                total = total + _embed(bias[bias_row], group, layout)
+                total = total + _place(
+                    bias[bias_row], _placement(group, layout), layout.permuted_shape
+                )
                 bias_row += 1
         if row != kernel.shape[0]:
             raise ValueError(f"params do not match the plan of tensor {layout.path}")
