@@ -190,7 +190,9 @@ def text_sampler(seq_len: int) -> Sampler:
     def sample(split: SplitData, key: jax.Array, batch_size: int) -> Batch:
         tokens = split["tokens"]
         if tokens.shape[0] <= seq_len:
-            raise ValueError(f"a split of {tokens.shape[0]} tokens is too short for seq_len {seq_len}")
+            raise ValueError(
+                f"a split of {tokens.shape[0]} tokens is too short for seq_len {seq_len}"
+            )
         starts = jax.random.randint(key, (batch_size,), 0, tokens.shape[0] - seq_len)
         window = jax.vmap(lambda s: jax.lax.dynamic_slice(tokens, (s,), (seq_len + 1,)))(starts)
         window = window.astype(jnp.int32)

@@ -107,9 +107,9 @@ def area_resize(images: np.ndarray, size: int, chunk: int = 8192) -> np.ndarray:
     cols = _area_weights(images.shape[2], size).astype(np.float32)
     out = np.empty((images.shape[0], size, size, images.shape[3]), dtype=np.uint8)
     for start in range(0, images.shape[0], chunk):
-        block = images[start:start + chunk].astype(np.float32)
+        block = images[start : start + chunk].astype(np.float32)
         resized = np.einsum("ih,nhwc,jw->nijc", rows, block, cols, optimize=True)
-        out[start:start + chunk] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+        out[start : start + chunk] = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
     return out
 
 
@@ -121,8 +121,10 @@ def _data_source(name: str, split: str, data_dir: str | None) -> Any:
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as err:  # unknown name and nothing prepared under data_dir
+        # tfds' message lists every dataset it knows (~260 lines); its first line suffices.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DatasetNotPreparedError(
-            f"tensorflow-datasets dataset {name!r} was not found in {where}: {err}\n"
+            f"tensorflow-datasets dataset {name!r} was not found in {where}: {reason}\n"
             + prepare_instructions(name, data_dir)
         ) from err
     if not builder.is_prepared():
@@ -172,8 +174,9 @@ def tfds_images(name: str, data_dir: str | None, image_size: int) -> Splits:
 
 
 @functools.lru_cache(maxsize=8)
-def tfds_text(name: str, data_dir: str | None, max_train_bytes: int, max_test_bytes: int,
-              chunk: int = 4096) -> Splits:
+def tfds_text(
+    name: str, data_dir: str | None, max_train_bytes: int, max_test_bytes: int, chunk: int = 4096
+) -> Splits:
     """Byte-level text from tfds (feature ``text``): sentences joined by newlines.
 
     Reads sentences in stored order until the split's byte budget is reached.

@@ -60,23 +60,103 @@ _ORDERED = "ordered"
 _SPATIAL = "spatial"
 
 _ELEMENTWISE = frozenset(
-    """
-    abs acos acosh add add_any and asin asinh atan atan2 atanh cbrt ceil clamp clz conj
-    convert_element_type copy copy_p cos cosh digamma div eq erf erf_inv erfc exp exp2
-    expm1 floor ge gt igamma igammac imag integer_pow is_finite le lgamma log log1p logistic
-    lt max min mul ne neg nextafter not or polygamma population_count pow real
-    reduce_precision rem round rsqrt select_n shift_left shift_right_arithmetic
-    shift_right_logical sign sin sinh sqrt square stop_gradient sub tan tanh xor
-    sharding_constraint mesh_cast reshard pvary optimization_barrier
-    """.split()
+    [
+        "abs",
+        "acos",
+        "acosh",
+        "add",
+        "add_any",
+        "and",
+        "asin",
+        "asinh",
+        "atan",
+        "atan2",
+        "atanh",
+        "cbrt",
+        "ceil",
+        "clamp",
+        "clz",
+        "conj",
+        "convert_element_type",
+        "copy",
+        "copy_p",
+        "cos",
+        "cosh",
+        "digamma",
+        "div",
+        "eq",
+        "erf",
+        "erf_inv",
+        "erfc",
+        "exp",
+        "exp2",
+        "expm1",
+        "floor",
+        "ge",
+        "gt",
+        "igamma",
+        "igammac",
+        "imag",
+        "integer_pow",
+        "is_finite",
+        "le",
+        "lgamma",
+        "log",
+        "log1p",
+        "logistic",
+        "lt",
+        "max",
+        "min",
+        "mul",
+        "ne",
+        "neg",
+        "nextafter",
+        "not",
+        "or",
+        "polygamma",
+        "population_count",
+        "pow",
+        "real",
+        "reduce_precision",
+        "rem",
+        "round",
+        "rsqrt",
+        "select_n",
+        "shift_left",
+        "shift_right_arithmetic",
+        "shift_right_logical",
+        "sign",
+        "sin",
+        "sinh",
+        "sqrt",
+        "square",
+        "stop_gradient",
+        "sub",
+        "tan",
+        "tanh",
+        "xor",
+        "sharding_constraint",
+        "mesh_cast",
+        "reshard",
+        "pvary",
+        "optimization_barrier",
+    ]
 )
 _REDUCTIONS = frozenset(
-    "reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or reduce_xor".split()
+    [
+        "reduce_sum",
+        "reduce_max",
+        "reduce_min",
+        "reduce_prod",
+        "reduce_and",
+        "reduce_or",
+        "reduce_xor",
+    ]
 )
 _ARG_REDUCTIONS = frozenset({"argmax", "argmin"})
-_CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
+_CUMULATIVE = frozenset(["cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"])
 _REDUCE_WINDOWS = frozenset(
-    "reduce_window_sum reduce_window_max reduce_window_min reduce_window".split()
+    ["reduce_window_sum", "reduce_window_max", "reduce_window_min", "reduce_window"]
 )
 
 
@@ -223,8 +303,10 @@ class _Analysis:
         elif name == "broadcast_in_dim":
             for in_axis, out_axis in enumerate(params["broadcast_dimensions"]):
                 self.tie(
-                    ins[0][in_axis], outs[0][out_axis],
-                    in_shapes[0][in_axis], out_shapes[0][out_axis],
+                    ins[0][in_axis],
+                    outs[0][out_axis],
+                    in_shapes[0][in_axis],
+                    out_shapes[0][out_axis],
                 )
         elif name == "transpose":
             for out_axis, in_axis in enumerate(params["permutation"]):
@@ -246,8 +328,10 @@ class _Analysis:
             self.order(outs[0])
         elif name in ("slice", "dynamic_slice"):
             sizes = (
-                [hi - lo for lo, hi in zip(params["start_indices"], params["limit_indices"],
-                                          strict=True)]
+                [
+                    hi - lo
+                    for lo, hi in zip(params["start_indices"], params["limit_indices"], strict=True)
+                ]
                 if name == "slice"
                 else list(params["slice_sizes"])
             )
@@ -302,8 +386,10 @@ class _Analysis:
                     j += 1
                 else:
                     break
-                if prod_in == prod_out and (i == len(in_shape) or in_shape[i] != 1) and (
-                    j == len(out_shape) or out_shape[j] != 1
+                if (
+                    prod_in == prod_out
+                    and (i == len(in_shape) or in_shape[i] != 1)
+                    and (j == len(out_shape) or out_shape[j] != 1)
                 ):
                     break
             big_in = [a for a in group_in if in_shape[a] != 1]
@@ -339,8 +425,11 @@ class _Analysis:
             self.graph.union(rhs[rhs_spec[0]], out[out_spec[1]])
         for axis in rhs_spec[2:]:
             self.graph.tag(rhs[axis], _SPATIAL)
-        self.order([lhs[a] for a in lhs_spec[2:]], [rhs[a] for a in rhs_spec[2:]],
-                   [out[a] for a in out_spec[2:]])
+        self.order(
+            [lhs[a] for a in lhs_spec[2:]],
+            [rhs[a] for a in rhs_spec[2:]],
+            [out[a] for a in out_spec[2:]],
+        )
 
     def gather(self, ctx, eqn, ins, in_shapes, out, params) -> None:
         numbers = params["dimension_numbers"]
@@ -353,7 +442,8 @@ class _Analysis:
             else:
                 self.order([operand[axis]])
         sliced = [
-            a for a in range(len(operand_shape))
+            a
+            for a in range(len(operand_shape))
             if a not in numbers.collapsed_slice_dims and a not in numbers.operand_batching_dims
         ]
         for axis, out_axis in zip(sliced, numbers.offset_dims, strict=True):
@@ -366,8 +456,9 @@ class _Analysis:
         batch_in = list(range(len(indices_shape) - 1))  # the last axis holds index vectors
         for in_axis, out_axis in zip(batch_in, batch_out, strict=True):
             self.graph.union(indices[in_axis], out[out_axis])
-        for a, b in zip(numbers.operand_batching_dims, numbers.start_indices_batching_dims,
-                        strict=True):
+        for a, b in zip(
+            numbers.operand_batching_dims, numbers.start_indices_batching_dims, strict=True
+        ):
             self.graph.union(operand[a], indices[b])
 
     def along_axis(self, name, ins, in_shapes, outs, out_shapes, params) -> None:
@@ -408,8 +499,15 @@ class _Analysis:
             else:
                 self.order([ins[axis], out[axis]])
 
-    def enter(self, ctx: _Ctx, outer_atoms, outer_nodes, inner_vars, inner: _Ctx,
-              drop_leading: Sequence[bool] | None = None) -> None:
+    def enter(
+        self,
+        ctx: _Ctx,
+        outer_atoms,
+        outer_nodes,
+        inner_vars,
+        inner: _Ctx,
+        drop_leading: Sequence[bool] | None = None,
+    ) -> None:
         """Ties outer operands to a body's invars (optionally without a scanned axis)."""
         for index, (atom, nodes, var) in enumerate(
             zip(outer_atoms, outer_nodes, inner_vars, strict=True)
@@ -426,8 +524,15 @@ class _Analysis:
             if index is not None:
                 self.param_of[(inner, var)] = index
 
-    def leave(self, ctx: _Ctx, inner: _Ctx, inner_atoms, outer_vars, outer_nodes,
-              drop_leading: Sequence[bool] | None = None) -> None:
+    def leave(
+        self,
+        ctx: _Ctx,
+        inner: _Ctx,
+        inner_atoms,
+        outer_vars,
+        outer_nodes,
+        drop_leading: Sequence[bool] | None = None,
+    ) -> None:
         """Ties a body's outvars to the outer results."""
         for index, (atom, var, nodes) in enumerate(
             zip(inner_atoms, outer_vars, outer_nodes, strict=True)
@@ -468,7 +573,7 @@ class _Analysis:
         self.order(*[outs[i][:1] for i in range(len(outs)) if scanned_out[i]])
         inner = _Ctx()
         self.enter(ctx, eqn.invars, ins, body.invars, inner, scanned_in)
-        carry_in = body.invars[n_consts:n_consts + n_carry]
+        carry_in = body.invars[n_consts : n_consts + n_carry]
         carry_out = body.outvars[:n_carry]
         for _ in range(3):  # integer-input provenance may flow around the loop
             self.walk(inner, body)
@@ -488,8 +593,8 @@ class _Analysis:
     def while_loop(self, ctx, eqn, ins, outs, params) -> None:
         n_cond, n_body = params["cond_nconsts"], params["body_nconsts"]
         cond, body = params["cond_jaxpr"].jaxpr, params["body_jaxpr"].jaxpr
-        carry_atoms = eqn.invars[n_cond + n_body:]
-        carry_nodes = ins[n_cond + n_body:]
+        carry_atoms = eqn.invars[n_cond + n_body :]
+        carry_nodes = ins[n_cond + n_body :]
         inner = _Ctx()
         self.enter(ctx, eqn.invars[n_cond:], ins[n_cond:], body.invars, inner)
         self.walk(inner, body)
@@ -498,8 +603,13 @@ class _Analysis:
             for a, b in zip(self.nodes(inner, var_in), self.nodes(inner, atom_out), strict=True):
                 self.graph.union(a, b)
         cond_ctx = _Ctx()
-        self.enter(ctx, [*eqn.invars[:n_cond], *carry_atoms], [*ins[:n_cond], *carry_nodes],
-                   cond.invars, cond_ctx)
+        self.enter(
+            ctx,
+            [*eqn.invars[:n_cond], *carry_atoms],
+            [*ins[:n_cond], *carry_nodes],
+            cond.invars,
+            cond_ctx,
+        )
         self.walk(cond_ctx, cond)
 
     def cond(self, ctx, eqn, ins, outs, params) -> None:
@@ -555,7 +665,7 @@ def derive_spec(
     param_vars = jaxpr.invars[: len(param_leaves)]
     for index, var in enumerate(param_vars):
         analysis.param_of[(top, var)] = index
-    for (path, _), var in zip(input_leaves, jaxpr.invars[len(param_leaves):], strict=True):
+    for (path, _), var in zip(input_leaves, jaxpr.invars[len(param_leaves) :], strict=True):
         name = _leaf_name(path, "input")
         for axis, node in enumerate(analysis.nodes(top, var)):
             analysis.graph.tag(node, ("choice", f"{name}/axis{axis}"))

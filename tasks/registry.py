@@ -99,8 +99,12 @@ def _transformer(width, num_heads, mlp_size, depth, seq_len) -> TransformerLM:
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
     return TransformerLM(
-        vocab_size=BYTE_VOCAB, width=width, num_heads=num_heads, mlp_size=mlp_size,
-        depth=depth, max_len=seq_len,
+        vocab_size=BYTE_VOCAB,
+        width=width,
+        num_heads=num_heads,
+        mlp_size=mlp_size,
+        depth=depth,
+        max_len=seq_len,
     )
 
 
@@ -108,83 +112,196 @@ def _transformer(width, num_heads, mlp_size, depth, seq_len) -> TransformerLM:
 def mlp_digits(width: int = 32, depth: int = 1, batch_size: int = 128) -> Task:
     """MLP on scikit-learn's 8x8 digits (64 inputs, ``depth`` hidden layers of ``width``)."""
     config = {"width": width, "depth": depth, "batch_size": batch_size}
-    return _mlp_task("mlp_digits", datasets.digits_images(), DIGITS_SCALE, width=width,
-                     depth=depth, batch_size=batch_size, config=config)
+    return _mlp_task(
+        "mlp_digits",
+        datasets.digits_images(),
+        DIGITS_SCALE,
+        width=width,
+        depth=depth,
+        batch_size=batch_size,
+        config=config,
+    )
 
 
 def cnn_digits(channels: Sequence[int] = (16, 32), stride: int = 1, batch_size: int = 128) -> Task:
     """CNN on scikit-learn's digits as 8x8x1 images."""
     config = {"channels": list(channels), "stride": stride, "batch_size": batch_size}
-    return _cnn_task("cnn_digits", datasets.digits_images(), DIGITS_SCALE, channels=channels,
-                     stride=stride, batch_size=batch_size, config=config)
+    return _cnn_task(
+        "cnn_digits",
+        datasets.digits_images(),
+        DIGITS_SCALE,
+        channels=channels,
+        stride=stride,
+        batch_size=batch_size,
+        config=config,
+    )
 
 
-def rnn_text(hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64,
-             seq_len: int = 16) -> Task:
+def rnn_text(
+    hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64, seq_len: int = 16
+) -> Task:
     """Byte-level identity-initialised RNN LM on CPython's pydoc topics."""
-    config = {"hidden_size": hidden_size, "embed_size": embed_size, "batch_size": batch_size,
-              "seq_len": seq_len}
-    return _lm_task("rnn_text", datasets.pydoc_text(), _rnn(hidden_size, embed_size),
-                    batch_size=batch_size, seq_len=seq_len, config=config)
+    config = {
+        "hidden_size": hidden_size,
+        "embed_size": embed_size,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+    }
+    return _lm_task(
+        "rnn_text",
+        datasets.pydoc_text(),
+        _rnn(hidden_size, embed_size),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        config=config,
+    )
 
 
-def transformer_text(width: int = 32, num_heads: int = 4, mlp_size: int = 128, depth: int = 2,
-                     batch_size: int = 8, seq_len: int = 8) -> Task:
+def transformer_text(
+    width: int = 32,
+    num_heads: int = 4,
+    mlp_size: int = 128,
+    depth: int = 2,
+    batch_size: int = 8,
+    seq_len: int = 8,
+) -> Task:
     """Byte-level pre-LayerNorm transformer LM on CPython's pydoc topics."""
-    config = {"width": width, "num_heads": num_heads, "mlp_size": mlp_size, "depth": depth,
-              "batch_size": batch_size, "seq_len": seq_len}
+    config = {
+        "width": width,
+        "num_heads": num_heads,
+        "mlp_size": mlp_size,
+        "depth": depth,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+    }
     model = _transformer(width, num_heads, mlp_size, depth, seq_len)
-    return _lm_task("transformer_text", datasets.pydoc_text(), model, batch_size=batch_size,
-                    seq_len=seq_len, config=config)
+    return _lm_task(
+        "transformer_text",
+        datasets.pydoc_text(),
+        model,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        config=config,
+    )
 
 
 # -- real data (tensorflow-datasets) ----------------------------------------------------
-def mlp_fashion_mnist(width: int = 32, depth: int = 1, batch_size: int = 128,
-                      image_size: int = 8, data_dir: str | None = None,
-                      dataset: str = "fashion_mnist") -> Task:
+def mlp_fashion_mnist(
+    width: int = 32,
+    depth: int = 1,
+    batch_size: int = 128,
+    image_size: int = 8,
+    data_dir: str | None = None,
+    dataset: str = "fashion_mnist",
+) -> Task:
     """MLP on FashionMNIST area-resized to ``image_size`` squared (the paper: 8x8)."""
-    config = {"width": width, "depth": depth, "batch_size": batch_size,
-              "image_size": image_size, "dataset": dataset}
+    config = {
+        "width": width,
+        "depth": depth,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "dataset": dataset,
+    }
     splits = datasets.tfds_images(dataset, data_dir, image_size)
-    return _mlp_task("mlp_fashion_mnist", splits, PIXEL_SCALE, width=width, depth=depth,
-                     batch_size=batch_size, config=config)
+    return _mlp_task(
+        "mlp_fashion_mnist",
+        splits,
+        PIXEL_SCALE,
+        width=width,
+        depth=depth,
+        batch_size=batch_size,
+        config=config,
+    )
 
 
-def cnn_cifar10(channels: Sequence[int] = (16, 32), stride: int = 1, batch_size: int = 128,
-                image_size: int = 16, data_dir: str | None = None,
-                dataset: str = "cifar10") -> Task:
+def cnn_cifar10(
+    channels: Sequence[int] = (16, 32),
+    stride: int = 1,
+    batch_size: int = 128,
+    image_size: int = 16,
+    data_dir: str | None = None,
+    dataset: str = "cifar10",
+) -> Task:
     """CNN on CIFAR-10 average-pooled to ``image_size`` squared (the paper: 16x16x3)."""
-    config = {"channels": list(channels), "stride": stride, "batch_size": batch_size,
-              "image_size": image_size, "dataset": dataset}
+    config = {
+        "channels": list(channels),
+        "stride": stride,
+        "batch_size": batch_size,
+        "image_size": image_size,
+        "dataset": dataset,
+    }
     splits = datasets.tfds_images(dataset, data_dir, image_size)
-    return _cnn_task("cnn_cifar10", splits, PIXEL_SCALE, channels=channels, stride=stride,
-                     batch_size=batch_size, config=config)
+    return _cnn_task(
+        "cnn_cifar10",
+        splits,
+        PIXEL_SCALE,
+        channels=channels,
+        stride=stride,
+        batch_size=batch_size,
+        config=config,
+    )
 
 
-def rnn_lm1b(hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64,
-             seq_len: int = 16, data_dir: str | None = None, dataset: str = "lm1b",
-             max_train_bytes: int = 1 << 24, max_test_bytes: int = 1 << 20) -> Task:
+def rnn_lm1b(
+    hidden_size: int = 64,
+    embed_size: int = 32,
+    batch_size: int = 64,
+    seq_len: int = 16,
+    data_dir: str | None = None,
+    dataset: str = "lm1b",
+    max_train_bytes: int = 1 << 24,
+    max_test_bytes: int = 1 << 20,
+) -> Task:
     """Byte-level IRNN LM on LM1B (the first ``max_train_bytes`` of its training text)."""
-    config = {"hidden_size": hidden_size, "embed_size": embed_size, "batch_size": batch_size,
-              "seq_len": seq_len, "dataset": dataset, "max_train_bytes": max_train_bytes,
-              "max_test_bytes": max_test_bytes}
+    config = {
+        "hidden_size": hidden_size,
+        "embed_size": embed_size,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "dataset": dataset,
+        "max_train_bytes": max_train_bytes,
+        "max_test_bytes": max_test_bytes,
+    }
     splits = datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
-    return _lm_task("rnn_lm1b", splits, _rnn(hidden_size, embed_size), batch_size=batch_size,
-                    seq_len=seq_len, config=config)
+    return _lm_task(
+        "rnn_lm1b",
+        splits,
+        _rnn(hidden_size, embed_size),
+        batch_size=batch_size,
+        seq_len=seq_len,
+        config=config,
+    )
 
 
-def transformer_lm1b(width: int = 32, num_heads: int = 4, mlp_size: int = 128, depth: int = 2,
-                     batch_size: int = 8, seq_len: int = 8, data_dir: str | None = None,
-                     dataset: str = "lm1b", max_train_bytes: int = 1 << 24,
-                     max_test_bytes: int = 1 << 20) -> Task:
+def transformer_lm1b(
+    width: int = 32,
+    num_heads: int = 4,
+    mlp_size: int = 128,
+    depth: int = 2,
+    batch_size: int = 8,
+    seq_len: int = 8,
+    data_dir: str | None = None,
+    dataset: str = "lm1b",
+    max_train_bytes: int = 1 << 24,
+    max_test_bytes: int = 1 << 20,
+) -> Task:
     """Byte-level pre-LayerNorm transformer LM on LM1B."""
-    config = {"width": width, "num_heads": num_heads, "mlp_size": mlp_size, "depth": depth,
-              "batch_size": batch_size, "seq_len": seq_len, "dataset": dataset,
-              "max_train_bytes": max_train_bytes, "max_test_bytes": max_test_bytes}
+    config = {
+        "width": width,
+        "num_heads": num_heads,
+        "mlp_size": mlp_size,
+        "depth": depth,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "dataset": dataset,
+        "max_train_bytes": max_train_bytes,
+        "max_test_bytes": max_test_bytes,
+    }
     splits = datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
     model = _transformer(width, num_heads, mlp_size, depth, seq_len)
-    return _lm_task("transformer_lm1b", splits, model, batch_size=batch_size, seq_len=seq_len,
-                    config=config)
+    return _lm_task(
+        "transformer_lm1b", splits, model, batch_size=batch_size, seq_len=seq_len, config=config
+    )
 
 
 TaskFactory = Callable[..., Task]

@@ -119,16 +119,18 @@ def check_symmetry(
 
     def change(group: dict[Any, jax.Array]) -> float:
         # Unpermuted ids get the identity, so every call shares one compiled program.
-        return float(permuted_change(
-            [group.get(perm_id, jnp.arange(sizes[perm_id])) for perm_id in order]
-        ))
+        return float(
+            permuted_change([group.get(perm_id, jnp.arange(sizes[perm_id])) for perm_id in order])
+        )
 
     errors = {perm_id: change({perm_id: perm}) for perm_id, perm in perms.items()}
     if perms:
         errors["<all>"] = change(perms)
     report = SymmetryReport(errors=errors, tolerance=atol + rtol * scale)
     if raise_on_failure and not report.ok:
-        details = ", ".join(f"{perm_id!r} (change {errors[perm_id]:.3g})" for perm_id in report.failed)
+        details = ", ".join(
+            f"{perm_id!r} (change {errors[perm_id]:.3g})" for perm_id in report.failed
+        )
         raise SymmetryError(
             f"permuting these ids changes the function beyond tolerance "
             f"{report.tolerance:.3g}, so they are not symmetries: {details}"

@@ -80,16 +80,20 @@ def test_batches_have_documented_shapes_and_ranges(task):
         assert int(inputs.max()) < 256
     else:
         assert inputs.dtype == jnp.float32
-        assert 0.0 <= float(inputs.min()) and float(inputs.max()) <= 1.0
+        assert float(inputs.min()) >= 0.0 and float(inputs.max()) <= 1.0
         assert targets.dtype == jnp.int32 and int(targets.max()) < 10
 
 
 def test_train_and_test_splits_are_disjoint():
     digits = task_data.digits_images()
-    train = {a.tobytes() + b.tobytes() for a, b in zip(digits["train"]["images"],
-                                                      digits["train"]["labels"], strict=True)}
-    test = [a.tobytes() + b.tobytes() for a, b in zip(digits["test"]["images"],
-                                                     digits["test"]["labels"], strict=True)]
+    train = {
+        a.tobytes() + b.tobytes()
+        for a, b in zip(digits["train"]["images"], digits["train"]["labels"], strict=True)
+    }
+    test = [
+        a.tobytes() + b.tobytes()
+        for a, b in zip(digits["test"]["images"], digits["test"]["labels"], strict=True)
+    ]
     assert len(digits["train"]["labels"]) == 1438 and len(test) == 359
     assert not any(t in train for t in test)  # sklearn's 1797 digits are all distinct
     text = task_data.pydoc_text()
@@ -135,13 +139,15 @@ def test_symmetry_ids_keep_the_function_and_by_choice_ids_change_it(task):
     batch = task.batch(jax.random.key(2))
     symmetries = nfspec.symmetry_ids(task.spec)
     permuted = nfspec.permute(
-        params, task.spec, nfspec.random_permutations(jax.random.key(3), task.spec, params,
-                                                      ids=symmetries)
+        params,
+        task.spec,
+        nfspec.random_permutations(jax.random.key(3), task.spec, params, ids=symmetries),
     )
     moved = sum(
         int(jnp.sum(a != b))
-        for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(permuted),
-                        strict=True)
+        for a, b in zip(
+            jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(permuted), strict=True
+        )
     )
     assert moved > 0, "the permutation must actually move parameters"
     loss = jax.jit(task.loss)
@@ -155,8 +161,9 @@ def test_symmetry_ids_keep_the_function_and_by_choice_ids_change_it(task):
     ]
     # Predictions (logits) are compared id by id: unchanged under every symmetry id,
     # changed under every by-choice id.
-    report = check_symmetry(task, params, None, jax.random.key(4), ids=symmetries + by_choice,
-                            raise_on_failure=False)
+    report = check_symmetry(
+        task, params, None, jax.random.key(4), ids=symmetries + by_choice, raise_on_failure=False
+    )
     assert set(report.errors) == {*symmetries, *by_choice, "<all>"}
     assert set(report.failed) == {*by_choice, "<all>"}
 

@@ -49,17 +49,29 @@ def test_transformer_residual_stream_is_one_id_across_all_blocks():
     tokens = jnp.arange(10).reshape(2, 5) % 11
     spec, _ = derive(module, tokens)
     stream = spec["embed"]["embedding"][1]
-    stream_axes = [spec["pos_embedding"][1], spec["head"]["kernel"][0],
-                   *spec["ln_final"]["scale"], *spec["ln_final"]["bias"]]
+    stream_axes = [
+        spec["pos_embedding"][1],
+        spec["head"]["kernel"][0],
+        *spec["ln_final"]["scale"],
+        *spec["ln_final"]["bias"],
+    ]
     for b in range(3):
         block = spec[f"block_{b}"]
         attention = block["attention"]
-        stream_axes += [*block["ln_attention"]["scale"], *block["ln_attention"]["bias"],
-                        *block["ln_mlp"]["scale"], *block["ln_mlp"]["bias"],
-                        attention["query"]["kernel"][0], attention["key"]["kernel"][0],
-                        attention["value"]["kernel"][0], attention["out"]["kernel"][2],
-                        *attention["out"]["bias"], block["mlp_in"]["kernel"][0],
-                        block["mlp_out"]["kernel"][1], *block["mlp_out"]["bias"]]
+        stream_axes += [
+            *block["ln_attention"]["scale"],
+            *block["ln_attention"]["bias"],
+            *block["ln_mlp"]["scale"],
+            *block["ln_mlp"]["bias"],
+            attention["query"]["kernel"][0],
+            attention["key"]["kernel"][0],
+            attention["value"]["kernel"][0],
+            attention["out"]["kernel"][2],
+            *attention["out"]["bias"],
+            block["mlp_in"]["kernel"][0],
+            block["mlp_out"]["kernel"][1],
+            *block["mlp_out"]["bias"],
+        ]
     assert set(stream_axes) == {stream} and isinstance(stream, str)
     assert spec["pos_embedding"][0] is None  # positions are ordered (causal mask)
     assert spec["embed"]["embedding"][0] == ByChoice("input/values")
@@ -114,8 +126,9 @@ class LearnedInitialStateRNN(nn.Module):
             h = jnp.tanh(x @ w_in + h @ w_rec)
             return h, None
 
-        h, _ = jax.lax.scan(step, jnp.broadcast_to(h0, (xs.shape[0], self.hidden)),
-                            jnp.swapaxes(xs, 0, 1))
+        h, _ = jax.lax.scan(
+            step, jnp.broadcast_to(h0, (xs.shape[0], self.hidden)), jnp.swapaxes(xs, 0, 1)
+        )
         return nn.Dense(3)(h)
 
 
