@@ -75,20 +75,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="inner steps per timed call")
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per optimizer")
     args = parser.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; median of {args.rounds} calls "
-          f"of {args.steps} scanned steps")
-    header = (f"{'task':<18}{'params':>8}" + "".join(f"{o + ' ms':>12}" for o in args.optimizers)
-              + "".join(f"{o + '/adam':>15}" for o in args.optimizers if o != "adam"))
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; median of {args.rounds} calls "
+        f"of {args.steps} scanned steps"
+    )
+    header = (
+        f"{'task':<18}{'params':>8}"
+        + "".join(f"{o + ' ms':>12}" for o in args.optimizers)
+        + "".join(f"{o + '/adam':>15}" for o in args.optimizers if o != "adam")
+    )
     has_pair = "unf" in args.optimizers and "deepsets" in args.optimizers
     if has_pair:
         header += f"{'unf/deepsets':>14}"
     print(header)
     for name in args.tasks:
         size, seconds = bench_task(name, args.optimizers, args.steps, args.rounds)
-        row = f"{name:<18}{size:>8}" + "".join(f"{seconds[o] * 1e3:>12.3f}" for o in args.optimizers)
+        row = f"{name:<18}{size:>8}" + "".join(
+            f"{seconds[o] * 1e3:>12.3f}" for o in args.optimizers
+        )
         if "adam" in seconds:
-            row += "".join(f"{seconds[o] / seconds['adam']:>15.2f}" for o in args.optimizers
-                           if o != "adam")
+            row += "".join(
+                f"{seconds[o] / seconds['adam']:>15.2f}" for o in args.optimizers if o != "adam"
+            )
         if has_pair:
             row += f"{seconds['unf'] / seconds['deepsets']:>14.2f}"
         print(row, flush=True)

@@ -188,31 +188,42 @@ def main() -> None:
         entries = sum(
             s[0] if len(s) == 1 else __import__("math").prod(s)
             for s in jax.tree_util.tree_leaves(
-                shapes, is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(n, int) for n in s)
+                shapes,
+                is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(n, int) for n in s),
             )
         )
         rows.append((space, entries, counts, stats))
-        print(f"\n== {space}: {entries:,} weights; params unf {counts['unf']:,}, "
-              f"deepsets {counts['deepsets']:,}")
+        print(
+            f"\n== {space}: {entries:,} weights; params unf {counts['unf']:,}, "
+            f"deepsets {counts['deepsets']:,}"
+        )
         header = f"{'':16s}" + "".join(f"{name:>12s}" for name in stats)
         print(header)
         for metric in ("fwd compile", "fwd run", "fwd+bwd compile", "fwd+bwd run"):
             unit = "s" if "compile" in metric else "ms"
             scale = 1.0 if unit == "s" else 1e3
-            print(f"{metric + ' (' + unit + ')':16s}"
-                  + "".join(f"{stats[name][metric] * scale:12.3f}" for name in stats))
+            print(
+                f"{metric + ' (' + unit + ')':16s}"
+                + "".join(f"{stats[name][metric] * scale:12.3f}" for name in stats)
+            )
 
     print("\n== ratios (unf / deepsets; per-term / unf)")
-    print(f"{'space':12s}{'fwd':>8s}{'fwd+bwd':>9s}{'compile f+b (s)':>17s}"
-          f"{'per-term fwd':>14s}{'per-term f+b':>14s}{'per-term compile':>18s}")
+    print(
+        f"{'space':12s}{'fwd':>8s}{'fwd+bwd':>9s}{'compile f+b (s)':>17s}"
+        f"{'per-term fwd':>14s}{'per-term f+b':>14s}{'per-term compile':>18s}"
+    )
     for space, _, _, stats in rows:
         unf, ds, pt = stats["unf"], stats["deepsets"], stats.get("per-term")
-        line = (f"{space:12s}{unf['fwd run'] / ds['fwd run']:8.2f}"
-                f"{unf['fwd+bwd run'] / ds['fwd+bwd run']:9.2f}{unf['fwd+bwd compile']:17.2f}")
+        line = (
+            f"{space:12s}{unf['fwd run'] / ds['fwd run']:8.2f}"
+            f"{unf['fwd+bwd run'] / ds['fwd+bwd run']:9.2f}{unf['fwd+bwd compile']:17.2f}"
+        )
         if pt:
-            line += (f"{pt['fwd run'] / unf['fwd run']:14.2f}"
-                     f"{pt['fwd+bwd run'] / unf['fwd+bwd run']:14.2f}"
-                     f"{pt['fwd+bwd compile'] / unf['fwd+bwd compile']:18.2f}")
+            line += (
+                f"{pt['fwd run'] / unf['fwd run']:14.2f}"
+                f"{pt['fwd+bwd run'] / unf['fwd+bwd run']:14.2f}"
+                f"{pt['fwd+bwd compile'] / unf['fwd+bwd compile']:18.2f}"
+            )
         print(line)
 
 

@@ -146,9 +146,7 @@ def test_zero_beta_is_optax_momentum_sgd_step_by_step(backbone):
     assert beta == 0
     reference = optax.sgd(learning_rate=float(alpha), momentum=float(gamma0))
     params = mlp_params()
-    ours = run_steps(
-        jax.jit(lambda g, s, p: opt.update(theta, g, s, p)), opt.init(params), params
-    )
+    ours = run_steps(jax.jit(lambda g, s, p: opt.update(theta, g, s, p)), opt.init(params), params)
     theirs = run_steps(jax.jit(reference.update), reference.init(params), params)
     for a, b in zip(ours, theirs, strict=True):
         assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
@@ -207,9 +205,10 @@ def permuted_update(opt, theta, params, spec, perm_ids, seed=0):
     updates, new_state = update(theta, grads, state, params)
     state_p = L.NFOptState(state.count, p(state.momentum), p(state.feature_momenta))
     updates_p, new_state_p = update(theta, p(grads), state_p, p(params))
-    want = (p(updates), L.NFOptState(
-        new_state.count, p(new_state.momentum), p(new_state.feature_momenta)
-    ))
+    want = (
+        p(updates),
+        L.NFOptState(new_state.count, p(new_state.momentum), p(new_state.feature_momenta)),
+    )
     momentum_only, _ = update({**theta, "log_beta": jnp.asarray(-jnp.inf)}, grads, state, params)
     return (updates_p, new_state_p), want, updates, momentum_only
 
@@ -233,8 +232,9 @@ def test_update_is_equivariant(backbone, spec, make_params, perm_ids):
     got, want, updates, momentum_only = permuted_update(opt, theta, params, spec, perm_ids)
     assert_trees_close(got, want, rtol=1e-4, atol=1e-5)
     # the learned term is large enough here that a non-equivariant f would show
-    gap = max(jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), updates,
-                                           momentum_only)))
+    gap = max(
+        jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), updates, momentum_only))
+    )
     assert gap > 1e-2
 
 
@@ -303,7 +303,9 @@ def test_vmap_over_theta_and_runs_and_scan_over_steps():
         jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, None))
     )(thetas, runs)
     assert losses.shape == (2, 3, 4) and bool(jnp.all(counts == 4))
-    single = jax.jit(train)(jax.tree.map(lambda x: x[1], thetas), jax.tree.map(lambda x: x[2], runs))
+    single = jax.jit(train)(
+        jax.tree.map(lambda x: x[1], thetas), jax.tree.map(lambda x: x[2], runs)
+    )
     np.testing.assert_allclose(losses[1, 2], single[2], rtol=1e-4)
     assert_trees_close(jax.tree.map(lambda x: x[1, 2], final), single[0], rtol=1e-4, atol=1e-6)
 
@@ -314,7 +316,12 @@ def test_vmap_over_theta_and_runs_and_scan_over_steps():
 def test_config_rebuilds_the_optimizer():
     opt = L.make_optimizer("nfn", MLP_SPEC, hidden=5, depth=2, alpha=0.3)
     assert opt.config == {
-        "name": "nfn", "hidden": 5, "depth": 2, "clip": 1.0, "alpha": 0.3, "beta": 0.001,
+        "name": "nfn",
+        "hidden": 5,
+        "depth": 2,
+        "clip": 1.0,
+        "alpha": 0.3,
+        "beta": 0.001,
         "gamma0": 0.9,
     }
     again = L.optimizer_from_config(opt.config, MLP_SPEC)

@@ -126,8 +126,11 @@ def entry_features(
 
     def one(p: jax.Array, g: jax.Array, m: jax.Array) -> jax.Array:
         stacked = jnp.concatenate(
-            [p[..., None].astype(jnp.float32), g[..., None].astype(jnp.float32),
-             m.astype(jnp.float32)],
+            [
+                p[..., None].astype(jnp.float32),
+                g[..., None].astype(jnp.float32),
+                m.astype(jnp.float32),
+            ],
             axis=-1,
         )
         return normalize(stacked, clip)

@@ -110,8 +110,7 @@ def read_config(path: str | os.PathLike) -> dict:
         raise SavedOptimizerError(f"{config_path} is not valid JSON: {err}") from err
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise SavedOptimizerError(
-            f"{config_path} is not a lopt learned-optimizer config (expected "
-            f"\"format\": {FORMAT!r})"
+            f'{config_path} is not a lopt learned-optimizer config (expected "format": {FORMAT!r})'
         )
     version = document.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
