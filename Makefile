@@ -25,7 +25,7 @@ bench: install
 	$(BIN)/python scripts/bench_unf.py
 
 demo: install
-	$(BIN)/python scripts/demo_unf.py
+	$(BIN)/lopt-train experiment=demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,378 @@
+"""Checkpoints of whole pytrees (a meta-training run's ``MetaState``) with orbax.
+
+A checkpoint directory holds one sub-directory per saved step, written by an
+``orbax.checkpoint.CheckpointManager``: orbax writes each step into a temporary directory and
+renames it into place only when complete, so a crash or ``SIGKILL`` mid-write never touches
+the previous checkpoint (an unfinished step is ignored and cleaned up later). Older steps are
+deleted only after a newer one is complete.
+
+Each step has two items:
+
+* ``state``: the pytree's leaves as numpy arrays, keyed ``leaf_00000, ...`` in flattening
+  order. Typed PRNG keys are stored as their raw key data and re-wrapped on restore, so keys
+  of any implementation round-trip exactly.
+* ``meta``: JSON with a format tag and version, the step, the caller's ``config`` (e.g. the
+  resolved run config), and for every leaf its path, shape, dtype and PRNG implementation,
+  plus a SHA-256 digest of all leaf bytes. Restoring checks the structure against the
+  expected pytree (an incompatible checkpoint is reported by leaf path before anything is
+  read) and the digest afterwards (a corrupt one is reported, never used).
+
+>>> checkpoints = Checkpointer("run/checkpoints", max_to_keep=2)
+>>> checkpoints.save(step, state, config={"task": ...})
+>>> state = checkpoints.restore(checkpoints.latest_step(), like=state)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+FORMAT = "lopt.checkpoint"
+FORMAT_VERSION = 1
+STATE_ITEM = "state"
+META_ITEM = "meta"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, corrupt, or does not fit the run restoring it."""
+
+
+class LeafInfo(NamedTuple):
+    """What the metadata records of one leaf.
+
+    Attributes:
+        path: the leaf's key path (``jax.tree_util.keystr``).
+        shape: its shape.
+        dtype: numpy dtype name of the stored array (raw key data for PRNG keys).
+        key_impl: PRNG implementation name for a typed key, else ``None``.
+    """
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+    key_impl: str | None
+
+
+def _ocp() -> Any:
+    # orbax logs every save at INFO through absl; keep the console for the run's own output.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _is_typed_key(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _key_impl_name(leaf: Any) -> str:
+    # Abstract keys (ShapeDtypeStruct) carry their implementation on the dtype.
+    abstract = isinstance(leaf, jax.ShapeDtypeStruct)
+    impl = leaf.dtype._impl if abstract else jax.random.key_impl(leaf)
+    return str(getattr(impl, "name", impl))
+
+
+def describe(tree: PyTree) -> list[LeafInfo]:
+    """The :class:`LeafInfo` of every leaf of ``tree`` (arrays or ``ShapeDtypeStruct``)."""
+    infos = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        where = jax.tree_util.keystr(path)
+        if _is_typed_key(leaf):
+            data_shape = jax.eval_shape(jax.random.key_data, leaf).shape
+            infos.append(LeafInfo(where, tuple(data_shape), "uint32", _key_impl_name(leaf)))
+        else:
+            dtype = np.dtype(leaf.dtype).name
+            infos.append(LeafInfo(where, tuple(np.shape(leaf)), dtype, None))
+    return infos
+
+
+def _host_leaves(tree: PyTree) -> list[np.ndarray]:
+    leaves = jax.tree.leaves(tree)
+    raw = [jax.random.key_data(x) if _is_typed_key(x) else x for x in leaves]
+    return [np.asarray(x) for x in jax.device_get(raw)]
+
+
+def digest(arrays: list[np.ndarray]) -> str:
+    """SHA-256 over the dtypes, shapes and bytes of ``arrays`` in order."""
+    hasher = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        hasher.update(f"{array.dtype.str}{array.shape}".encode())
+        hasher.update(array.tobytes())
+    return hasher.hexdigest()
+
+
+def _leaf_name(index: int) -> str:
+    return f"leaf_{index:05d}"
+
+
+class Checkpointer:
+    """Saves and restores pytrees by step in ``directory`` (see the module docstring).
+
+    Args:
+        directory: where the steps live (created on the first save).
+        max_to_keep: most recent steps kept (``None``: all).
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 2) -> None:
+        if max_to_keep is not None and max_to_keep < 1:
+            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep}")
+        self.directory = Path(directory).absolute()
+        self.max_to_keep = max_to_keep
+        self._manager = None
+
+    # -- orbax ---------------------------------------------------------------------------
+    def _get_manager(self) -> Any:
+        if self._manager is None:
+            ocp = _ocp()
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self.max_to_keep,
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
+
+    def close(self) -> None:
+        """Releases orbax's resources (a later call reopens them)."""
+        if self._manager is not None:
+            self._manager.close()
+            self._manager = None
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- queries ---------------------------------------------------------------------------
+    def all_steps(self) -> list[int]:
+        """Steps with a complete checkpoint, ascending (unfinished writes are not listed)."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(self._get_manager().all_steps())
+
+    def latest_step(self) -> int | None:
+        """The most recent complete step, or ``None``."""
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def metadata(self, step: int) -> dict:
+        """The ``meta`` item of ``step``: format, step, config, leaves, digest.
+
+        Raises:
+            CheckpointError: no such step, or its metadata is unreadable or not ours.
+        """
+        if step not in self.all_steps():
+            raise CheckpointError(f"no checkpoint for step {step} in {self.directory}")
+        ocp = _ocp()
+        try:
+            restored = self._get_manager().restore(
+                step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()})
+            )
+            meta = restored[META_ITEM]
+        except Exception as err:
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} is corrupt: cannot read its metadata "
+                f"({type(err).__name__}: {err})"
+            ) from err
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise CheckpointError(f"{self._step_dir(step)} is not a lopt checkpoint")
+        version = meta.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{self._step_dir(step)} has format version {version!r}; this lopt reads "
+                f"versions up to {FORMAT_VERSION}"
+            )
+        return meta
+
+    def _step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    # -- save / restore ----------------------------------------------------------------------
+    def save(self, step: int, tree: PyTree, config: Any = None) -> Path:
+        """Writes ``tree`` (and the JSON-serialisable ``config``) as ``step``, atomically.
+
+        Returns:
+            The step's directory.
+
+        Raises:
+            CheckpointError: ``step`` already exists.
+        """
+        step = int(step)
+        if step in self.all_steps():
+            raise CheckpointError(
+                f"a checkpoint for step {step} already exists in {self.directory}"
+            )
+        ocp = _ocp()
+        arrays = _host_leaves(tree)
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "config": config,
+            "leaves": [list(info) for info in describe(tree)],
+            "digest": digest(arrays),
+        }
+        state = {_leaf_name(i): array for i, array in enumerate(arrays)}
+        self._get_manager().save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    STATE_ITEM: ocp.args.StandardSave(state),
+                    META_ITEM: ocp.args.JsonSave(meta),
+                }
+            ),
+            force=True,
+        )
+        self._get_manager().wait_until_finished()
+        return self._step_dir(step)
+
+    def restore_leaves(self, step: int) -> tuple[list[np.ndarray], dict]:
+        """The stored leaves of ``step`` (typed keys as raw key data) and its metadata.
+
+        Raises:
+            CheckpointError: the step is missing, unreadable, or fails its digest.
+        """
+        meta = self.metadata(step)
+        infos = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
+        return self._read(step, infos, meta), meta
+
+    def _read(self, step: int, infos: list[LeafInfo], meta: dict) -> list[np.ndarray]:
+        ocp = _ocp()
+        target = {
+            _leaf_name(i): jax.ShapeDtypeStruct(info.shape, np.dtype(info.dtype))
+            for i, info in enumerate(infos)
+        }
+        try:
+            restored = self._get_manager().restore(
+                step, args=ocp.args.Composite(**{STATE_ITEM: ocp.args.StandardRestore(target)})
+            )[STATE_ITEM]
+            arrays = [np.asarray(restored[_leaf_name(i)]) for i in range(len(infos))]
+        except Exception as err:
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} is corrupt: cannot read its arrays "
+                f"({type(err).__name__}: {str(err)[:500]})"
+            ) from err
+        if digest(arrays) != meta.get("digest"):
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} is corrupt: its arrays do not match the "
+                "digest recorded when it was written"
+            )
+        return arrays
+
+    def restore(self, step: int, like: PyTree) -> PyTree:
+        """Restores ``step`` into the structure of ``like`` (arrays or ``ShapeDtypeStruct``).
+
+        Args:
+            step: the step to read.
+            like: a pytree with the expected structure, shapes, dtypes and key types, e.g.
+                ``jax.eval_shape(trainer.init, key)``.
+
+        Returns:
+            The pytree with ``jax.Array`` leaves (typed keys re-wrapped), bit-identical to
+            what was saved.
+
+        Raises:
+            CheckpointError: the checkpoint is missing or corrupt, or its structure differs
+                from ``like`` (the message lists the differing leaves).
+        """
+        meta = self.metadata(step)
+        expected = describe(like)
+        stored = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
+        problems = compare_structure(stored, expected)
+        if problems:
+            listed = "\n  ".join(problems[:10])
+            more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise CheckpointError(
+                f"checkpoint {self._step_dir(step)} does not fit this run (a different task, "
+                f"optimizer or estimator?):\n  {listed}{more}"
+            )
+        arrays = self._read(step, stored, meta)
+        leaves = [
+            jax.random.wrap_key_data(jnp.asarray(a), impl=info.key_impl)
+            if info.key_impl is not None
+            else jnp.asarray(a)
+            for a, info in zip(arrays, stored, strict=True)
+        ]
+        return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def compare_structure(stored: list[LeafInfo], expected: list[LeafInfo]) -> list[str]:
+    """Human-readable differences between stored and expected leaves (empty if they fit)."""
+    stored_by_path = {info.path: info for info in stored}
+    expected_by_path = {info.path: info for info in expected}
+    problems = [
+        f"{p}: missing from the checkpoint" for p in expected_by_path if p not in stored_by_path
+    ]
+    problems += [
+        f"{p}: not expected by this run" for p in stored_by_path if p not in expected_by_path
+    ]
+    for path, want in expected_by_path.items():
+        got = stored_by_path.get(path)
+        if got is None:
+            continue
+        for field, label in (("shape", "shape"), ("dtype", "dtype"), ("key_impl", "PRNG key")):
+            if getattr(got, field) != getattr(want, field):
+                problems.append(
+                    f"{path}: {label} {getattr(got, field)} in the checkpoint, "
+                    f"{getattr(want, field)} expected"
+                )
+    if not problems and [i.path for i in stored] != [i.path for i in expected]:
+        problems.append("the leaves are stored in a different order than this run expects")
+    return problems
+
+
+def nested_dict(leaves: list[np.ndarray], infos: list[LeafInfo], prefix: str) -> dict:
+    """Rebuilds a nested dict of string keys from the stored leaves under ``prefix``.
+
+    Args:
+        leaves: the stored arrays.
+        infos: their :class:`LeafInfo` (paths like ``.theta['network']['kernel']``).
+        prefix: the path prefix of the sub-tree, e.g. ``".theta"``.
+
+    Raises:
+        CheckpointError: the sub-tree is missing or not made of string-keyed dicts.
+    """
+    out: dict = {}
+    found = False
+    for array, info in zip(leaves, infos, strict=True):
+        if not info.path.startswith(prefix):
+            continue
+        keys = _dict_keys(info.path[len(prefix) :])
+        if keys is None:
+            raise CheckpointError(f"{info.path} is not a path of nested dicts with string keys")
+        found = True
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = array
+    if not found:
+        raise CheckpointError(f"the checkpoint holds no leaves under {prefix!r}")
+    return out
+
+
+def _dict_keys(path: str) -> list[str] | None:
+    """``"['a']['b']"`` -> ``["a", "b"]``; ``None`` for any other path syntax."""
+    keys = []
+    rest = path
+    while rest:
+        if not rest.startswith("['"):
+            return None
+        end = rest.find("']", 2)
+        if end < 0:
+            return None
+        keys.append(rest[2:end])
+        rest = rest[end + 2 :]
+    return keys or None

@@ -1,0 +1,187 @@
+"""Helpers shared by the command-line tools: building a run's parts from a composed config."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import hydra.utils
+import jax.numpy as jnp
+import optax
+from omegaconf import DictConfig, OmegaConf
+
+from lopt.meta import (
+    EpisodeSchedule,
+    Estimator,
+    MetaObjective,
+    as_objective,
+    constant_length,
+    log_uniform_length,
+)
+from lopt.meta.trainer import clip_by_global_norm
+
+OUTER_OPTIMIZERS = ("adam", "adamw", "sgd")
+
+
+class RunError(Exception):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+def outer_optimizer(
+    name: str,
+    learning_rate: float,
+    warmup_steps: int = 0,
+    max_grad_norm: float = 1.0,
+    **hyper: Any,
+) -> optax.GradientTransformation:
+    """An optax optimizer for theta: global-norm clipping, then ``optax.<name>`` with a linear
+    learning-rate warmup.
+
+    Args:
+        name: ``"adam"``, ``"adamw"`` or ``"sgd"``.
+        learning_rate: peak learning rate.
+        warmup_steps: outer steps over which the rate ramps up linearly, starting at
+            ``learning_rate / warmup_steps`` (0: no warmup).
+        max_grad_norm: global-norm clipping threshold of the meta-gradient.
+        **hyper: further keywords of the optax optimizer (``b1``, ``momentum``, ...).
+
+    Returns:
+        The transformation. With ``name="adam"`` and default ``hyper`` it equals
+        :func:`lopt.meta.default_outer_optimizer`.
+    """
+    if name not in OUTER_OPTIMIZERS:
+        raise ValueError(f"unknown outer optimizer {name!r}; expected one of {OUTER_OPTIMIZERS}")
+    if not learning_rate > 0:
+        raise ValueError(f"outer_opt.learning_rate must be positive, got {learning_rate}")
+    if warmup_steps < 0:
+        raise ValueError(f"outer_opt.warmup_steps must be >= 0, got {warmup_steps}")
+    if warmup_steps:
+
+        def rate(count: Any) -> Any:
+            return learning_rate * jnp.minimum(1.0, (count + 1) / warmup_steps)
+
+    else:
+        rate = learning_rate
+    return optax.chain(clip_by_global_norm(max_grad_norm), getattr(optax, name)(rate, **hyper))
+
+
+def schedule_from(config: Mapping[str, Any]) -> EpisodeSchedule:
+    """The episode schedule of ``{"min_length", "max_length"}`` (constant when equal)."""
+    lo, hi = int(config["min_length"]), int(config["max_length"])
+    if lo == hi:
+        return constant_length(lo)
+    return log_uniform_length(lo, hi)
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain JSON-serialisable dicts (enums as strings)."""
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=True)
+
+
+class RunParts(NamedTuple):
+    """What a training run is built from.
+
+    Attributes:
+        task: the inner task.
+        opt: the learned optimizer.
+        estimator: the meta-gradient estimator.
+        outer_opt: the optax optimizer of theta.
+        schedule: inner-episode lengths.
+        objective: the meta-objective.
+    """
+
+    task: Any
+    opt: Any
+    estimator: Estimator
+    outer_opt: optax.GradientTransformation
+    schedule: EpisodeSchedule
+    objective: MetaObjective
+
+
+def _build(section: str, config: Mapping[str, Any], /, **extra: Any) -> Any:
+    try:
+        # Partial first: extra arguments (a permutation spec, ...) must not pass through
+        # OmegaConf, which only holds primitive values.
+        factory = hydra.utils.instantiate(config, _partial_=True, _convert_="all")
+        return factory(**extra)
+    except Exception as err:
+        # instantiate wraps the factory's exception; report the innermost cause.
+        cause = err
+        while cause.__cause__ is not None:
+            cause = cause.__cause__
+        options = {k: v for k, v in config.items() if k != "_target_"}
+        raise RunError(
+            f"cannot build {section} from {options}: {type(cause).__name__}: {cause}"
+        ) from err
+
+
+def build_task(config: Mapping[str, Any]) -> Any:
+    """The task of a resolved ``task`` config."""
+    return _build("task", config)
+
+
+def build_logger(config: Mapping[str, Any], /, **context: Any) -> Any:
+    """The :class:`lopt.loggers.Logger` of a resolved ``logger`` config, given the run's
+    context (``run_dir``, ``run_config``, ``name``, ``resume``)."""
+    return _build("logger", config, **context)
+
+
+def build_parts(config: Mapping[str, Any]) -> RunParts:
+    """Builds every part of a run from its resolved config (see :func:`to_container`).
+
+    Raises:
+        RunError: a part rejects its options; the message names the part and the cause.
+    """
+    task = build_task(config["task"])
+    opt = _build("lopt", config["lopt"], spec=task.spec)
+    estimator = _build("estimator", config["estimator"])
+    outer = _build("outer_opt", config["outer_opt"])
+    try:
+        schedule = schedule_from(config["schedule"])
+    except ValueError as err:
+        raise RunError(f"invalid schedule {config['schedule']}: {err}") from err
+    try:
+        objective = as_objective(dict(config["objective"]))
+    except (TypeError, ValueError) as err:
+        raise RunError(f"invalid objective {config['objective']}: {err}") from err
+    return RunParts(task, opt, estimator, outer, schedule, objective)
+
+
+def write_json(path: str | os.PathLike, document: Any) -> Path:
+    """Writes ``document`` as indented JSON, atomically (a temporary file, then a rename)."""
+    return write_text(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs, as ``key: old -> new``."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{where}: (absent) -> {new[key]!r}")
+            elif key not in new:
+                out.append(f"{where}: {old[key]!r} -> (absent)")
+            else:
+                out.extend(config_differences(old[key], new[key], where))
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]

@@ -1,0 +1,194 @@
+"""``lopt-eval``: evaluate trained optimizers against tuned baselines (a Hydra app).
+
+    lopt-eval 'optimizers=[runs/mlp/unf]' out_dir=eval/mlp
+    lopt-eval task=cnn_digits 'optimizers=[runs/cnn/unf,runs/cnn/nfn]' num_steps=2000
+    lopt-eval 'optimizers=[runs/mlp/unf]' task.width=128 num_steps=4000  # wider, longer
+    lopt-eval '~baselines.sgdm' ...                                      # Adam only
+
+The task is an option of the ``task`` config group shared with ``lopt-train`` (its keys are
+the sizes passed to :func:`lopt.tasks.get_task`). Each entry of ``optimizers`` is a directory
+written by :func:`lopt.learned.save_optimizer` or a ``lopt-train`` run directory holding
+one. ``out_dir`` receives ``results.json``, ``results.md``, ``curves.png`` and Hydra's
+``.hydra/`` (the resolved config). See :mod:`lopt.evaluation` for the procedure.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import MISSING, DictConfig
+
+from lopt.cli import schema
+from lopt.cli.common import RunError, build_task, to_container
+from lopt.evaluation import (
+    DEFAULT_GRIDS,
+    EVAL_SEED_OFFSET,
+    TUNING_SEED_OFFSET,
+    EvalSettings,
+    OptimizerLoadError,
+    evaluate,
+    load_for_task,
+    write_outputs,
+)
+
+log = logging.getLogger("lopt.eval")
+
+
+@dataclass
+class BaselineSweepConfig:
+    """A baseline's learning-rate grid and its fixed hyperparameters."""
+
+    learning_rates: list[float] = MISSING
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TuningConfig:
+    """The baselines' sweeps: ``num_seeds`` runs per rate from ``seed_offset`` on, each of
+    ``num_steps`` steps (None: the evaluation's ``num_steps``)."""
+
+    num_seeds: int = 3
+    seed_offset: int = TUNING_SEED_OFFSET
+    num_steps: int | None = None
+
+
+def _default_baselines() -> dict[str, BaselineSweepConfig]:
+    return {
+        "sgdm": BaselineSweepConfig(list(DEFAULT_GRIDS["sgdm"]), {"momentum": 0.9}),
+        "adam": BaselineSweepConfig(list(DEFAULT_GRIDS["adam"]), {}),
+    }
+
+
+@dataclass
+class EvalConfig:
+    """The ``lopt-eval`` config (``configs/eval.yaml``).
+
+    Attributes:
+        task: the ``task`` config group (``_target_`` and the task's sizes).
+        optimizers: saved-optimizer or run directories.
+        labels: display names, one per optimizer (None: directory names).
+        num_seeds: evaluation runs per optimizer.
+        num_steps: inner steps per run.
+        seed_offset: first evaluation seed.
+        tuning: the baselines' sweeps.
+        baselines: ``{sgdm|adam: {learning_rates, hyperparameters}}``; remove one with
+            ``~baselines.sgdm``.
+        tail_fraction: final loss of a run = its mean training loss over this last fraction.
+        num_test_batches: held-out batches averaged into the final held-out metrics.
+        log_y: log-scale loss axis (None: automatic).
+        smoothing: trailing-mean window of plotted curves (0: ``num_steps // 100``).
+        out_dir: output directory (also Hydra's run directory).
+    """
+
+    task: Any = MISSING
+    optimizers: list[str] = field(default_factory=list)
+    labels: list[str] | None = None
+    num_seeds: int = 5
+    num_steps: int = 2000
+    seed_offset: int = EVAL_SEED_OFFSET
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    baselines: dict[str, BaselineSweepConfig] = field(default_factory=_default_baselines)
+    tail_fraction: float = 0.1
+    num_test_batches: int = 10
+    log_y: bool | None = None
+    smoothing: int = 0
+    out_dir: str = "eval"
+
+
+def register_configs() -> None:
+    """Registers :class:`EvalConfig` as ``eval_schema`` (and the task schemas); idempotent."""
+    schema.register_configs()
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
+register_configs()
+
+
+class EvalConfigError(ValueError):
+    """The evaluation's settings are inconsistent; the message says which."""
+
+
+def settings_from(config: dict) -> EvalSettings:
+    """The :class:`~lopt.evaluation.EvalSettings` of a resolved config.
+
+    Raises:
+        EvalConfigError: an invalid setting (named in the message).
+    """
+    baselines = config["baselines"]
+    settings = EvalSettings(
+        num_seeds=config["num_seeds"],
+        num_steps=config["num_steps"],
+        seed_offset=config["seed_offset"],
+        num_tuning_seeds=config["tuning"]["num_seeds"],
+        tuning_seed_offset=config["tuning"]["seed_offset"],
+        tuning_steps=config["tuning"]["num_steps"],
+        baselines={name: tuple(b["learning_rates"]) for name, b in baselines.items()},
+        baseline_hyperparameters={
+            name: dict(b["hyperparameters"]) for name, b in baselines.items()
+        },
+        tail_fraction=config["tail_fraction"],
+        num_test_batches=config["num_test_batches"],
+    )
+    try:
+        settings.validate()
+    except ValueError as err:
+        raise EvalConfigError(str(err)) from err
+    return settings
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
+    """Runs the evaluation ``cfg`` describes and writes its outputs into ``out_dir``.
+
+    Returns:
+        The written files (see :func:`lopt.evaluation.write_outputs`).
+
+    Raises:
+        RunError: the task cannot be built.
+        OptimizerLoadError: an optimizer is missing, unreadable or does not fit the task.
+        EvalConfigError: inconsistent settings.
+    """
+    config = to_container(cfg)
+    settings = settings_from(config)
+    paths, labels = config["optimizers"], config["labels"]
+    if labels is not None and len(labels) != len(paths):
+        raise EvalConfigError(
+            f"labels has {len(labels)} entries but optimizers has {len(paths)}; give one "
+            "label per optimizer or none"
+        )
+    if not paths and not settings.baselines:
+        raise EvalConfigError("nothing to evaluate: optimizers and baselines are both empty")
+    task = build_task(config["task"])
+    log.info("task %s %s", task.name, dict(task.config))
+    trained = [
+        load_for_task(path, task, None if labels is None else labels[index])
+        for index, path in enumerate(paths)
+    ]
+    result = evaluate(task, trained, settings, log=log.info)
+    written = write_outputs(result, out_dir, log_y=config["log_y"], smoothing=config["smoothing"])
+    log.info("results:\n%s", written["markdown"].read_text())
+    for kind, path in written.items():
+        log.info("%s: %s", kind, path)
+    return written
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``lopt-eval``."""
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing noise
+    try:
+        run(cfg, out_dir)
+    except (RunError, OptimizerLoadError, EvalConfigError) as err:
+        print(f"lopt-eval: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""``lopt-export``: write a checkpoint's learned optimizer in the saved-optimizer format.
+
+    lopt-export runs/mlp/2025-01-01_12-00-00 -o my_optimizer          # latest checkpoint
+    lopt-export runs/mlp/2025-01-01_12-00-00/checkpoints/500 -o opt500  # a given step
+
+The output is what :func:`lopt.learned.save_optimizer` writes and
+:func:`lopt.learned.load_optimizer` reads (an optax transformation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lopt.checkpoint import Checkpointer, CheckpointError, LeafInfo, nested_dict
+from lopt.cli.common import RunError, build_task
+from lopt.learned import load_learned_optimizer, optimizer_from_config, save_optimizer
+from lopt.learned.serialization import SavedOptimizerError
+
+
+def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int]:
+    """The checkpoints and step that ``path`` names.
+
+    Args:
+        path: a run directory, its ``checkpoints/`` directory, or one step's directory.
+        step: the step to take (default: the step ``path`` names, else the latest).
+
+    Raises:
+        RunError: no checkpoint there.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise RunError(f"{path} is not a directory")
+    if (path / "checkpoints").is_dir():
+        directory = path / "checkpoints"
+    elif path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists():
+        directory, step = path.parent, int(path.name) if step is None else step
+    else:
+        directory = path
+    if not any((p / "_CHECKPOINT_METADATA").exists() for p in directory.glob("[0-9]*")):
+        raise RunError(f"no checkpoints in {directory}")
+    checkpoints = Checkpointer(directory, max_to_keep=None)
+    steps = checkpoints.all_steps()
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        checkpoints.close()
+        raise RunError(f"no checkpoint for step {step} in {directory}; steps: {steps}")
+    return checkpoints, step
+
+
+def export(path: str | Path, output: str | Path, step: int | None = None) -> Path:
+    """Exports the learned optimizer of a checkpoint to ``output``.
+
+    Args:
+        path: run directory, checkpoints directory, or step directory.
+        output: the saved-optimizer directory to write.
+        step: checkpoint step (default: see :func:`locate`).
+
+    Returns:
+        ``output`` as a ``Path``.
+
+    Raises:
+        RunError, CheckpointError: no usable checkpoint.
+    """
+    checkpoints, step = locate(path, step)
+    with checkpoints:
+        leaves, meta = checkpoints.restore_leaves(step)
+    saved = meta.get("config") or {}
+    if "run" not in saved or "optimizer" not in saved:
+        raise CheckpointError(
+            f"checkpoint step {step} in {checkpoints.directory} has no run config"
+        )
+    infos = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
+    theta = nested_dict(leaves, infos, ".theta")
+    # The learned rules need the permutation spec of the task they were trained on.
+    task = build_task(saved["run"]["task"])
+    opt = optimizer_from_config(saved["optimizer"], task.spec)
+    output = save_optimizer(output, opt, theta)
+    try:
+        load_learned_optimizer(output, task.spec)
+    except SavedOptimizerError as err:
+        raise CheckpointError(f"the exported optimizer does not load back: {err}") from err
+    return output
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``lopt-export``."""
+    parser = argparse.ArgumentParser(
+        prog="lopt-export",
+        description="Export the learned optimizer of a lopt-train checkpoint (for "
+        "lopt.learned.load_optimizer).",
+    )
+    parser.add_argument("path", help="run directory, its checkpoints/ directory, or a step's")
+    parser.add_argument("-o", "--output", required=True, help="directory to write")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    args = parser.parse_args(argv)
+    try:
+        output = export(args.path, args.output, args.step)
+    except (RunError, CheckpointError) as err:
+        print(f"lopt-export: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"exported {output}")
+
+
+if __name__ == "__main__":
+    main()

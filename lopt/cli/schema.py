@@ -1,0 +1,409 @@
+"""Structured-config schemas of the command-line tools, registered in Hydra's ConfigStore.
+
+Every option of a config group (``configs/<group>/<option>.yaml``) starts from one of these
+dataclasses (its defaults list names ``/schema/<group>/<kind>@_here_``), so Hydra checks
+every override against the schema while composing: a misspelt key or a value of the wrong
+type is an error before any work starts.
+
+Groups and their schemas:
+
+==============  ==========================================================================
+group           schemas (``_target_`` is the function the options are passed to)
+==============  ==========================================================================
+``task``        :class:`MLPTask`, :class:`CNNTask`, :class:`RNNTask`, :class:`TransformerTask`
+                and their tensorflow-datasets variants
+``lopt``        :class:`NFOptimizer` (unf, unf_deep, nfn, deepsets), :class:`SGDMOptimizer`,
+                :class:`AdamOptimizer`
+``estimator``   :class:`PESEstimator`, :class:`TBPTTEstimator`, :class:`ESEstimator`
+``outer_opt``   :class:`AdamOuter`, :class:`AdamWOuter`, :class:`SGDOuter`
+``logger``      :class:`NoLogger`, :class:`ConsoleLogger`, :class:`WandbLogger`
+==============  ==========================================================================
+
+The estimators' sizes come from the top-level :class:`TrainConfig` fields ``population``,
+``truncation_length`` and ``sigma`` (by interpolation), so an experiment sets them once for
+every estimator and ``-m estimator=pes,tbptt`` sweeps compare like with like.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from lopt.learned.baselines import ADAM_DEFAULTS, SGDM_DEFAULTS
+from lopt.learned.nf_optimizer import DEFAULTS as NF_DEFAULTS
+
+# -- task -------------------------------------------------------------------------------
+
+
+@dataclass
+class MLPTask:
+    """MLP on 8x8 digits (:func:`lopt.tasks.mlp_digits`)."""
+
+    _target_: str = "lopt.tasks.mlp_digits"
+    width: int = 32
+    depth: int = 1
+    batch_size: int = 128
+
+
+@dataclass
+class MLPFashionTask(MLPTask):
+    """MLP on FashionMNIST via tensorflow-datasets (:func:`lopt.tasks.mlp_fashion_mnist`)."""
+
+    _target_: str = "lopt.tasks.mlp_fashion_mnist"
+    image_size: int = 8
+    data_dir: str | None = None
+    dataset: str = "fashion_mnist"
+
+
+@dataclass
+class CNNTask:
+    """CNN on 8x8x1 digits (:func:`lopt.tasks.cnn_digits`)."""
+
+    _target_: str = "lopt.tasks.cnn_digits"
+    channels: list[int] = field(default_factory=lambda: [16, 32])
+    stride: int = 1
+    batch_size: int = 128
+
+
+@dataclass
+class CNNCifarTask(CNNTask):
+    """CNN on CIFAR-10 via tensorflow-datasets (:func:`lopt.tasks.cnn_cifar10`)."""
+
+    _target_: str = "lopt.tasks.cnn_cifar10"
+    image_size: int = 16
+    data_dir: str | None = None
+    dataset: str = "cifar10"
+
+
+@dataclass
+class RNNTask:
+    """Byte-level IRNN language model on pydoc text (:func:`lopt.tasks.rnn_text`)."""
+
+    _target_: str = "lopt.tasks.rnn_text"
+    hidden_size: int = 64
+    embed_size: int = 32
+    batch_size: int = 64
+    seq_len: int = 16
+
+
+@dataclass
+class RNNLM1BTask(RNNTask):
+    """Byte-level IRNN on LM1B via tensorflow-datasets (:func:`lopt.tasks.rnn_lm1b`)."""
+
+    _target_: str = "lopt.tasks.rnn_lm1b"
+    data_dir: str | None = None
+    dataset: str = "lm1b"
+    max_train_bytes: int = 1 << 24
+    max_test_bytes: int = 1 << 20
+
+
+@dataclass
+class TransformerTask:
+    """Byte-level transformer LM on pydoc text (:func:`lopt.tasks.transformer_text`)."""
+
+    _target_: str = "lopt.tasks.transformer_text"
+    width: int = 32
+    num_heads: int = 4
+    mlp_size: int = 128
+    depth: int = 2
+    batch_size: int = 8
+    seq_len: int = 8
+
+
+@dataclass
+class TransformerLM1BTask(TransformerTask):
+    """Byte-level transformer on LM1B via tensorflow-datasets
+    (:func:`lopt.tasks.transformer_lm1b`)."""
+
+    _target_: str = "lopt.tasks.transformer_lm1b"
+    data_dir: str | None = None
+    dataset: str = "lm1b"
+    max_train_bytes: int = 1 << 24
+    max_test_bytes: int = 1 << 20
+
+
+# -- learned optimizer --------------------------------------------------------------------
+
+
+@dataclass
+class NFOptimizer:
+    """Learned update rule with a neural-functional backbone
+    (:func:`lopt.learned.make_nf_optimizer`); ``name`` is the backbone."""
+
+    _target_: str = "lopt.learned.make_optimizer"
+    name: str = "unf"
+    hidden: int = NF_DEFAULTS["hidden"]
+    depth: int = NF_DEFAULTS["depth"]
+    clip: float = NF_DEFAULTS["clip"]
+    alpha: float = NF_DEFAULTS["alpha"]
+    beta: float = NF_DEFAULTS["beta"]
+    gamma0: float = NF_DEFAULTS["gamma0"]
+
+
+@dataclass
+class SGDMOptimizer:
+    """Momentum SGD with meta-learned rate and momentum (:func:`lopt.learned.make_sgdm`)."""
+
+    _target_: str = "lopt.learned.make_optimizer"
+    name: str = "sgdm"
+    learning_rate: float = SGDM_DEFAULTS["learning_rate"]
+    momentum: float = SGDM_DEFAULTS["momentum"]
+
+
+@dataclass
+class AdamOptimizer:
+    """Adam with meta-learned hyperparameters (:func:`lopt.learned.make_adam`)."""
+
+    _target_: str = "lopt.learned.make_optimizer"
+    name: str = "adam"
+    learning_rate: float = ADAM_DEFAULTS["learning_rate"]
+    b1: float = ADAM_DEFAULTS["b1"]
+    b2: float = ADAM_DEFAULTS["b2"]
+    eps: float = ADAM_DEFAULTS["eps"]
+
+
+# -- meta-gradient estimator --------------------------------------------------------------
+
+
+@dataclass
+class PESEstimator:
+    """Antithetic (persistent) evolution strategies (:func:`lopt.meta.pes`)."""
+
+    _target_: str = "lopt.meta.pes"
+    num_pairs: int = MISSING
+    truncation_length: int = MISSING
+    sigma: float = MISSING
+    stagger: bool = True
+    persistent: bool = True
+
+
+@dataclass
+class TBPTTEstimator:
+    """Truncated backpropagation through time (:func:`lopt.meta.tbptt`)."""
+
+    _target_: str = "lopt.meta.tbptt"
+    num_particles: int = MISSING
+    truncation_length: int = MISSING
+    stagger: bool = True
+
+
+@dataclass
+class ESEstimator:
+    """Antithetic ES over whole episodes (:func:`lopt.meta.full_es`)."""
+
+    _target_: str = "lopt.meta.full_es"
+    num_pairs: int = MISSING
+    sigma: float = MISSING
+
+
+# -- outer optimizer ------------------------------------------------------------------------
+
+
+@dataclass
+class AdamOuter:
+    """Adam on theta after global-norm clipping, with linear warmup
+    (:func:`lopt.cli.common.outer_optimizer`)."""
+
+    _target_: str = "lopt.cli.common.outer_optimizer"
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class AdamWOuter(AdamOuter):
+    """AdamW (decoupled weight decay) on theta."""
+
+    name: str = "adamw"
+    weight_decay: float = 1e-4
+
+
+@dataclass
+class SGDOuter:
+    """(Momentum) SGD on theta after global-norm clipping, with linear warmup."""
+
+    _target_: str = "lopt.cli.common.outer_optimizer"
+    name: str = "sgd"
+    learning_rate: float = 1e-2
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    momentum: float | None = 0.9
+    nesterov: bool = False
+
+
+# -- logger -----------------------------------------------------------------------------------
+
+
+@dataclass
+class NoLogger:
+    """Metrics only in the run directory's files."""
+
+    _target_: str = "lopt.loggers.null_logger"
+
+
+@dataclass
+class ConsoleLogger:
+    """One line of metrics on the console per log interval."""
+
+    _target_: str = "lopt.loggers.console_logger"
+
+
+@dataclass
+class WandbLogger:
+    """Weights & Biases; offline unless ``mode`` or ``WANDB_MODE`` says otherwise."""
+
+    _target_: str = "lopt.loggers.wandb_logger"
+    project: str = "lopt"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    mode: str | None = None
+    log_optimizer: bool = True
+
+
+# -- the whole run ------------------------------------------------------------------------------
+
+
+class Split(enum.Enum):
+    """Data the per-step meta-objective is measured on."""
+
+    train = "train"
+    test = "test"
+
+
+class Reduction(enum.Enum):
+    """How per-step values form an unroll's objective."""
+
+    mean = "mean"
+    final = "final"
+
+
+class Transform(enum.Enum):
+    """Shaping of each per-step loss."""
+
+    none = "none"
+    log = "log"
+
+
+@dataclass
+class ObjectiveConfig:
+    """The meta-objective (:class:`lopt.meta.MetaObjective`)."""
+
+    split: Split = Split.train
+    reduction: Reduction = Reduction.mean
+    transform: Transform = Transform.none
+    clip: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    """Inner-episode lengths: log-uniform on ``[min_length, max_length]``; constant when
+    the two are equal."""
+
+    min_length: int = 100
+    max_length: int = 1000
+
+
+@dataclass
+class TrainConfig:
+    """The ``lopt-train`` config (``configs/train.yaml``).
+
+    Attributes:
+        task, lopt, estimator, outer_opt, logger: the config groups.
+        objective: the meta-objective.
+        schedule: inner-episode lengths.
+        population: inner runs per meta-gradient estimate (antithetic estimators use
+            ``population / 2`` pairs).
+        truncation_length: inner steps per estimate (truncated estimators).
+        sigma: perturbation standard deviation (evolution strategies).
+        name: run name (output directory, wandb run name).
+        seed: seed of theta's initialisation and of every particle.
+        steps: outer steps to reach (a resumed run continues up to this count).
+        log_every: outer steps between metric records.
+        checkpoint_every: outer steps between checkpoints (0: only the final one).
+        keep_checkpoints: most recent checkpoints kept.
+        resume: continue from the latest checkpoint in the run directory.
+        progress: show a progress bar.
+    """
+
+    task: Any = MISSING
+    lopt: Any = MISSING
+    estimator: Any = MISSING
+    outer_opt: Any = MISSING
+    logger: Any = MISSING
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    population: int = 16
+    truncation_length: int = 50
+    sigma: float = 0.01
+    name: str = "train"
+    seed: int = 0
+    steps: int = 1000
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = False
+    progress: bool = True
+
+
+RUN_CONTROL_KEYS = (
+    "name",
+    "steps",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "resume",
+    "progress",
+    "logger",
+)
+"""Top-level keys a resumed run may change: they do not affect the training trajectory."""
+
+
+def _pairs(population: Any) -> int:
+    population = int(population)
+    if population < 2 or population % 2:
+        raise ValueError(
+            f"population must be an even number >= 2 for antithetic estimators, got {population}"
+        )
+    return population // 2
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "task": {
+        "mlp": MLPTask,
+        "mlp_tfds": MLPFashionTask,
+        "cnn": CNNTask,
+        "cnn_tfds": CNNCifarTask,
+        "rnn": RNNTask,
+        "rnn_tfds": RNNLM1BTask,
+        "transformer": TransformerTask,
+        "transformer_tfds": TransformerLM1BTask,
+    },
+    "lopt": {"nf": NFOptimizer, "sgdm": SGDMOptimizer, "adam": AdamOptimizer},
+    "estimator": {"pes": PESEstimator, "tbptt": TBPTTEstimator, "es": ESEstimator},
+    "outer_opt": {"adam": AdamOuter, "adamw": AdamWOuter, "sgd": SGDOuter},
+    "logger": {"none": NoLogger, "console": ConsoleLogger, "wandb": WandbLogger},
+}
+"""Schema of each config group, by kind: ``/schema/<group>/<kind>`` in the ConfigStore."""
+
+
+def register_configs() -> None:
+    """Registers every schema (and the ``pairs`` resolver) with Hydra; idempotent."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for group, kinds in SCHEMAS.items():
+        for kind, node in kinds.items():
+            store.store(group=f"schema/{group}", name=kind, node=node)
+    if not OmegaConf.has_resolver("pairs"):
+        OmegaConf.register_new_resolver("pairs", _pairs)
+
+
+register_configs()

@@ -1,0 +1,329 @@
+"""``lopt-train``: meta-train a learned optimizer from the command line (a Hydra app).
+
+    lopt-train experiment=smoke                          # seconds
+    lopt-train experiment=mlp lopt=nfn seed=1            # the paper's MLP setting
+    lopt-train -m experiment=smoke lopt=unf,deepsets     # a sweep, one directory per run
+    lopt-train experiment=mlp hydra.run.dir=runs/a resume=true   # continue runs/a
+
+A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` and
+``metrics.csv`` (one record per log interval), ``checkpoints/`` (the whole ``MetaState``),
+and at the end ``optimizer/`` (:func:`lopt.learned.save_optimizer` format), ``loss.png`` and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from lopt.checkpoint import Checkpointer, CheckpointError
+from lopt.cli import schema
+from lopt.cli.common import (
+    RunError,
+    build_logger,
+    build_parts,
+    config_differences,
+    to_container,
+    write_json,
+    write_text,
+)
+from lopt.learned import save_optimizer
+from lopt.loggers import Logger, MetricsFiles
+from lopt.meta import MetaState, MetaTrainer, make_meta_trainer
+
+log = logging.getLogger("lopt.train")
+
+CHECKPOINT_DIR = "checkpoints"
+OPTIMIZER_DIR = "optimizer"
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+PLOT_FILE = "loss.png"
+_COUNTS = ("num_episodes_ended", "num_nonfinite", "skipped")
+
+
+def check_compatible(saved: dict, current: dict) -> None:
+    """Raises :class:`RunError` unless two run configs describe the same trajectory
+    (they may differ only in :data:`lopt.cli.schema.RUN_CONTROL_KEYS`)."""
+    strip = lambda c: {k: v for k, v in c.items() if k not in schema.RUN_CONTROL_KEYS}
+    differences = config_differences(strip(saved), strip(current))
+    if differences:
+        listed = "\n  ".join(differences)
+        raise RunError(
+            "cannot resume: the checkpoint was written with a different configuration "
+            f"(checkpoint -> now):\n  {listed}\nResume with the same settings (only "
+            f"{', '.join(schema.RUN_CONTROL_KEYS)} may change) or start a new run directory."
+        )
+
+
+def _check_counts(config: dict) -> None:
+    for key, low in (
+        ("steps", 1),
+        ("log_every", 1),
+        ("checkpoint_every", 0),
+        ("keep_checkpoints", 1),
+    ):
+        if config[key] < low:
+            raise RunError(f"{key} must be >= {low}, got {config[key]}")
+
+
+def initial_state(
+    trainer: MetaTrainer, checkpoints: Checkpointer, config: dict
+) -> tuple[MetaState, bool]:
+    """A fresh state, or the latest checkpoint's when ``config["resume"]``.
+
+    Returns:
+        The state and whether it was restored.
+
+    Raises:
+        RunError: resume without a checkpoint, a fresh start over existing checkpoints, or
+            a checkpoint written with another configuration.
+        CheckpointError: a corrupt checkpoint or one that does not fit the run.
+    """
+    key = jax.random.PRNGKey(config["seed"])
+    latest = checkpoints.latest_step()
+    if not config["resume"]:
+        if latest is not None:
+            raise RunError(
+                f"{checkpoints.directory} already holds checkpoints (latest step {latest}); "
+                "pass resume=true to continue that run, or choose a new run directory "
+                "(hydra.run.dir=...)"
+            )
+        return trainer.init(key), False
+    if latest is None:
+        raise RunError(
+            f"resume=true but there is no checkpoint in {checkpoints.directory}; point "
+            "hydra.run.dir at the directory of the run to continue, or drop resume=true"
+        )
+    saved = checkpoints.metadata(latest).get("config") or {}
+    check_compatible(saved.get("run", {}), config)
+    like = jax.eval_shape(trainer.init, key)
+    return checkpoints.restore(latest, like=like), True
+
+
+def _checkpoint_config(config: dict, parts: Any) -> dict:
+    return {"run": config, "optimizer": dict(parts.opt.config), "task": parts.task.name}
+
+
+def _accumulate(totals: dict | None, metrics: dict) -> dict:
+    """Sums of the step metrics over a log interval (float32)."""
+    as_float = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+    return as_float if totals is None else {k: totals[k] + as_float[k] for k in totals}
+
+
+_accumulate_jit = jax.jit(_accumulate)
+
+
+def _interval_record(step: int, totals: dict, count: int, rate: float) -> dict[str, float]:
+    values = jax.device_get(totals)
+    record: dict[str, float] = {"step": step}
+    for name, value in values.items():
+        value = float(value)
+        record[name] = int(value) if name in _COUNTS else value / count
+    record["inner_steps_per_sec"] = rate
+    return record
+
+
+def plot_losses(records: list[dict], path: Path, title: str) -> Path:
+    """Saves meta-loss and meta-objective against the outer step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for axis, key, label in (
+        (axes[0], "meta_loss", "mean inner training loss"),
+        (axes[1], "objective", "meta-objective"),
+    ):
+        axis.plot(steps, [r.get(key, math.nan) for r in records], lw=1.5)
+        axis.set_xlabel("outer step")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def _summary(
+    records: list[dict], config: dict, parts: Any, run_dir: Path, start: int, seconds: float
+) -> dict:
+    finite = lambda key: [r[key] for r in records if math.isfinite(r.get(key, math.nan))]
+    losses, rates = finite("meta_loss"), finite("inner_steps_per_sec")
+    return {
+        "name": config["name"],
+        "task": parts.task.name,
+        "optimizer": parts.opt.config.get("name"),
+        "estimator": parts.estimator.config.get("name"),
+        "seed": config["seed"],
+        "steps": records[-1]["step"] if records else start,
+        "resumed_from_step": start or None,
+        "initial_meta_loss": losses[0] if losses else None,
+        "final_meta_loss": losses[-1] if losses else None,
+        "best_meta_loss": min(losses) if losses else None,
+        "num_nonfinite": int(sum(r.get("num_nonfinite", 0) for r in records)),
+        "num_skipped": int(sum(r.get("skipped", 0) for r in records)),
+        "inner_steps_per_sec": statistics.median(rates) if rates else None,
+        "wall_time_sec": round(seconds, 2),
+        "run_dir": str(run_dir),
+        "optimizer_dir": str(run_dir / OPTIMIZER_DIR),
+    }
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Runs (or resumes) the meta-training ``cfg`` describes, writing into ``run_dir``.
+
+    Returns:
+        The summary (also written to ``run_dir/summary.json``).
+
+    Raises:
+        RunError, CheckpointError: the run cannot start; nothing in ``run_dir`` was changed.
+    """
+    begin = time.perf_counter()
+    run_dir = Path(run_dir).absolute()
+    try:
+        config = to_container(cfg)
+    except Exception as err:
+        raise RunError(f"invalid config: {err}") from err
+    _check_counts(config)
+    parts = build_parts(config)
+    trainer = make_meta_trainer(
+        parts.task,
+        parts.opt,
+        parts.estimator,
+        parts.outer_opt,
+        schedule=parts.schedule,
+        objective=parts.objective,
+    )
+    checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=config["keep_checkpoints"])
+    try:
+        state, resumed = initial_state(trainer, checkpoints, config)
+        start = int(state.step)
+        # Nothing is written before this point: a run that cannot start changes nothing.
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+        logger: Logger = build_logger(
+            config["logger"],
+            run_dir=run_dir,
+            run_config=config,
+            name=config["name"],
+            resume=resumed,
+        )
+        files = MetricsFiles(run_dir, resume_step=start if resumed else None)
+        log.info(
+            "%s %s on %s: %s, %d inner steps per outer step; run dir %s",
+            f"resuming from step {start}:" if resumed else "meta-training",
+            parts.opt.config.get("name"),
+            parts.task.name,
+            parts.estimator.config.get("name"),
+            trainer.inner_steps_per_step,
+            run_dir,
+        )
+        state = _loop(trainer, state, config, checkpoints, files, logger, parts)
+        if checkpoints.latest_step() != int(state.step):
+            checkpoints.save(int(state.step), state, _checkpoint_config(config, parts))
+    finally:
+        checkpoints.close()
+    files.close()
+
+    optimizer_dir = save_optimizer(run_dir / OPTIMIZER_DIR, parts.opt, jax.device_get(state.theta))
+    if files.records:
+        plot_losses(
+            files.records,
+            run_dir / PLOT_FILE,
+            f"{config['name']}: {parts.opt.config.get('name')} on {parts.task.name}",
+        )
+    summary = _summary(
+        files.records, config, parts, run_dir, start if resumed else 0, time.perf_counter() - begin
+    )
+    write_json(run_dir / SUMMARY_FILE, summary)
+    logger.log_optimizer(optimizer_dir)
+    logger.finish(summary)
+    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in summary.items()}
+    log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
+    return summary
+
+
+def _loop(
+    trainer: MetaTrainer,
+    state: MetaState,
+    config: dict,
+    checkpoints: Checkpointer,
+    files: MetricsFiles,
+    logger: Logger,
+    parts: Any,
+) -> MetaState:
+    start, steps = int(state.step), config["steps"]
+    every, log_every = config["checkpoint_every"], config["log_every"]
+    bar = tqdm(
+        total=steps,
+        initial=start,
+        disable=not config["progress"],
+        unit="step",
+        desc=config["name"],
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    totals, count = None, 0
+    reference = None  # (time, step) after the first (compiling) step of this process
+    try:
+        for done in range(start + 1, steps + 1):
+            state, metrics = trainer.step(state)
+            totals = _accumulate_jit(totals, metrics)
+            count += 1
+            bar.update(1)
+            if reference is None:
+                jax.block_until_ready(state)
+                reference = (time.perf_counter(), done)
+            if done % log_every == 0 or done == steps:
+                jax.block_until_ready(totals)
+                now = time.perf_counter()
+                rate = (done - reference[1]) * trainer.inner_steps_per_step / (now - reference[0])
+                rate = rate if done > reference[1] else math.nan
+                record = _interval_record(done, totals, count, rate)
+                reference, totals, count = (now, done), None, 0
+                files.write(record)
+                logger.log_metrics(done, record)
+                bar.set_postfix(
+                    meta_loss=f"{record['meta_loss']:.4f}",
+                    inner_steps_s=f"{rate:.0f}" if math.isfinite(rate) else "-",
+                )
+            if every and done % every == 0:
+                checkpoints.save(done, state, _checkpoint_config(config, parts))
+    finally:
+        bar.close()
+    return state
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    """Entry point of ``lopt-train``; returns the final meta-loss (for sweepers)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    for noisy in ("jax", "absl"):  # Hydra logs INFO to the console; these are not for users
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        summary = train(cfg, run_dir)
+    except (RunError, CheckpointError) as err:
+        print(f"lopt-train: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+    loss = summary.get("final_meta_loss")
+    return float(loss) if loss is not None and np.isfinite(loss) else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""The command-line tools: config composition, end-to-end runs, sweeps, resume, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+import lopt.cli.schema
+from lopt.checkpoint import Checkpointer
+from lopt.cli.common import RunError, build_parts, outer_optimizer, to_container
+from lopt.cli.export import main as export_main
+from lopt.cli.train import train
+from lopt.learned import load_optimizer
+from lopt.meta import default_outer_optimizer
+from lopt.tasks import get_task
+
+CONFIGS = Path(lopt.cli.schema.__file__).parents[2] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+GROUPS = {
+    group: sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+    for group in ("task", "lopt", "estimator", "outer_opt", "logger")
+}
+TFDS_TASKS = ("mlp_fashion_mnist", "cnn_cifar10", "rnn_lm1b", "transformer_lm1b")
+# A small update network keeps compilation short in the subprocess runs.
+FAST = ["experiment=smoke", "lopt.hidden=8", "lopt.depth=1", "progress=false"]
+
+
+def composed(overrides: list[str]) -> dict:
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        return to_container(compose(config_name="train", overrides=overrides))
+
+
+def script(name: str) -> list[str]:
+    installed = Path(sys.executable).parent / name
+    if installed.exists():
+        return [str(installed)]
+    module = {"lopt-train": "lopt.cli.train", "lopt-export": "lopt.cli.export"}[name]
+    return [sys.executable, "-m", module]
+
+
+_JAX_CACHE: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """Subprocess runs of the same program share XLA's persistent compilation cache."""
+    _JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    _JAX_CACHE["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    _JAX_CACHE["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    yield
+    _JAX_CACHE.clear()
+
+
+def environment(tmp: Path) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HYDRA_FULL_ERROR="0", **_JAX_CACHE)
+    env.pop("WANDB_MODE", None)
+    for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        env[name] = str(tmp / "wandb_home")
+    return env
+
+
+def run(args: list[str], cwd: Path, timeout: float = 240, name: str = "lopt-train"):
+    return subprocess.run(
+        script(name) + args,
+        cwd=cwd,
+        env=environment(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def final_leaves(run_dir: Path) -> tuple[int, list[np.ndarray]]:
+    with Checkpointer(run_dir / "checkpoints") as checkpoints:
+        step = checkpoints.latest_step()
+        return step, checkpoints.restore_leaves(step)[0]
+
+
+# -- composition (fast, no training) ----------------------------------------------------
+
+
+def test_config_groups_are_complete():
+    assert set(EXPERIMENTS) >= {"mlp", "cnn", "rnn", "transformer", "smoke", "demo"}
+    assert set(GROUPS["lopt"]) == {"unf", "unf_deep", "nfn", "deepsets", "sgdm", "adam"}
+    assert set(GROUPS["estimator"]) == {"pes", "tbptt", "es"}
+    assert set(GROUPS["task"]) == {
+        "mlp_digits",
+        "cnn_digits",
+        "rnn_text",
+        "transformer_text",
+        *TFDS_TASKS,
+    }
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds(experiment):
+    config = composed([f"experiment={experiment}"])
+    assert config["name"] == experiment
+    assert set(config["objective"]) == {"split", "reduction", "transform", "clip"}
+    assert config["estimator"]["truncation_length"] == config["truncation_length"]
+    assert config["estimator"]["num_pairs"] * 2 == config["population"]
+    parts = build_parts(config)
+    assert parts.task.name == config["task"]["_target_"].rsplit(".", 1)[1]
+    assert parts.opt.config["name"] == config["lopt"]["name"]
+    assert parts.estimator.config["name"] == "pes"
+    assert parts.schedule.max_length == config["schedule"]["max_length"]
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g, options in GROUPS.items() for o in options]
+)
+def test_every_group_option_composes(group, option):
+    config = composed([f"{group}={option}"])
+    section = config[group]
+    assert "_target_" in section
+    if group == "task":
+        assert section["_target_"].endswith(option)
+    elif group == "lopt":
+        assert section["name"] == option
+    if group in ("estimator", "outer_opt") or (group == "task" and option not in TFDS_TASKS):
+        build_parts(config)  # every embedded task and every estimator builds
+
+
+def test_estimator_sizes_follow_the_population():
+    config = composed(["estimator=tbptt", "population=6", "truncation_length=7"])
+    assert config["estimator"]["num_particles"] == 6
+    assert config["estimator"]["truncation_length"] == 7
+    config = composed(["estimator=es", "population=6", "sigma=0.1"])
+    assert config["estimator"] == {"_target_": "lopt.meta.full_es", "num_pairs": 3, "sigma": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("steps=many", "steps"),
+        ("task.widht=3", "widht"),
+        ("lopt.hiden=3", "hiden"),
+        ("objective.split=tset", "tset"),
+        ("estimator.sigma=wide", "sigma"),
+        ("lopt=unff", "unff"),
+        ("experiment=smok", "smok"),
+        ("resume=maybe", "resume"),
+    ],
+)
+def test_bad_overrides_fail_while_composing(override, message):
+    with pytest.raises(Exception, match=message):
+        composed([override])
+
+
+def test_invalid_values_fail_before_any_work():
+    with pytest.raises(Exception, match="even"):
+        composed(["population=3"])
+    with pytest.raises(RunError, match=r"lopt.*hidden"):
+        build_parts(composed(["lopt.hidden=0"]))
+    with pytest.raises(RunError, match="schedule"):
+        build_parts(composed(["schedule.min_length=50", "schedule.max_length=10"]))
+
+
+def test_default_outer_optimizer_matches_the_library_default():
+    theta = {"w": np.linspace(-1.0, 1.0, 5, dtype=np.float32)}
+    ours, library = outer_optimizer("adam", 1e-3, 100, 1.0), default_outer_optimizer()
+    state_a, state_b = ours.init(theta), library.init(theta)
+    for k in range(3):
+        grad = {"w": np.float32(10.0 * (k + 1)) * theta["w"]}
+        update_a, state_a = ours.update(grad, state_a, theta)
+        update_b, state_b = library.update(grad, state_b, theta)
+        np.testing.assert_array_equal(update_a["w"], update_b["w"])
+
+
+def test_bad_override_on_the_command_line(tmp_path):
+    result = run(["task.widht=3"], tmp_path, timeout=120)
+    assert result.returncode != 0
+    assert "widht" in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+# -- end-to-end runs ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One small run with the wandb logger (offline), from an unrelated directory."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    result = run([*FAST, "logger=wandb", "hydra.run.dir=run"], cwd)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return cwd / "run", result
+
+
+def test_smoke_run_leaves_optimizer_plot_summary_and_metrics(smoke_run):
+    run_dir, result = smoke_run
+    for name in ("config.yaml", "metrics.jsonl", "metrics.csv", "loss.png", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 20 and summary["optimizer"] == "unf"
+    assert np.isfinite(summary["final_meta_loss"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("step,")
+    config = OmegaConf.load(run_dir / "config.yaml")
+    assert config.lopt.hidden == 8 and config.estimator.num_pairs == 2
+    assert "summary" in result.stderr + result.stdout
+    # wandb ran offline, without an account, and was given the optimizer artifact.
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1, list((run_dir / "wandb").iterdir())
+    assert (run_dir / "wandb_id").read_text().strip() in offline[0].name
+
+
+def test_exported_optimizer_trains_in_a_plain_optax_loop(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    export_main([str(run_dir), "-o", str(tmp_path / "exported")])
+    exported = (tmp_path / "exported" / "theta.msgpack").read_bytes()
+    assert exported == (run_dir / "optimizer" / "theta.msgpack").read_bytes()
+
+    task = get_task("mlp_digits", width=16, batch_size=64)  # another width: theta transfers
+    optimizer = load_optimizer(tmp_path / "exported", task.spec)
+    params = task.init(jax.random.key(0))
+    state = optimizer.init(params)
+
+    @jax.jit
+    def step(params, state, key):
+        loss, grads = jax.value_and_grad(task.loss)(params, task.batch(key))
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for i in range(30):
+        params, state, loss = step(params, state, jax.random.key(i))
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and np.mean(losses[-5:]) < losses[0]
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    skip = (".hydra", "train.log", "wandb")
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and not str(p.relative_to(run_dir)).startswith(skip)
+    }
+
+
+def test_incompatible_or_corrupt_checkpoint_is_refused_without_changes(smoke_run, tmp_path):
+    run_dir, _ = smoke_run
+    before = snapshot(run_dir)
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        different = compose(config_name="train", overrides=[*FAST, "resume=true", "task.width=16"])
+        fresh = compose(config_name="train", overrides=FAST)
+    with pytest.raises(RunError, match=r"different configuration(.|\n)*task.width: 32 -> 16"):
+        train(different, run_dir)
+    with pytest.raises(RunError, match=r"already holds checkpoints.*resume=true"):
+        train(fresh, run_dir)
+    assert snapshot(run_dir) == before
+
+    with Checkpointer(run_dir / "checkpoints") as checkpoints:
+        latest = checkpoints.latest_step()
+    files = [p for p in (run_dir / "checkpoints" / str(latest) / "state").rglob("*") if p.is_file()]
+    data = max(files, key=lambda p: p.stat().st_size)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    before = snapshot(run_dir)
+    result = run([*FAST, f"hydra.run.dir={run_dir}", "resume=true", "steps=30"], tmp_path)
+    assert result.returncode == 1
+    assert "corrupt" in result.stderr and str(latest) in result.stderr
+    assert snapshot(run_dir) == before
+
+
+def test_multirun_sweep_gives_each_run_its_directory(tmp_path):
+    result = run(
+        ["-m", "lopt=unf,deepsets", *FAST, "steps=4", "log_every=2", "hydra.sweep.dir=sweep"],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    for number, name in enumerate(("unf", "deepsets")):
+        run_dir = tmp_path / "sweep" / str(number)
+        assert OmegaConf.load(run_dir / "config.yaml").lopt.name == name
+        assert json.loads((run_dir / "optimizer" / "config.json").read_text())["name"] == name
+        assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4
+
+
+def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
+    steps = 40
+    common = [*FAST, "logger=none", "checkpoint_every=5", "log_every=5", "keep_checkpoints=2"]
+    straight = run([*common, f"steps={steps}", "hydra.run.dir=straight"], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-4000:]
+
+    # The same run, with a longer budget so it is still going when killed.
+    killed_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*script("lopt-train"), *common, "steps=100000", f"hydra.run.dir={killed_dir}"],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while not (killed_dir / "checkpoints" / "5" / "_CHECKPOINT_METADATA").exists():
+            assert process.poll() is None, process.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.02)
+        time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_at, _ = final_leaves(killed_dir)
+    assert 5 <= killed_at < steps, killed_at
+
+    resumed = run(
+        [*common, f"steps={steps}", f"hydra.run.dir={killed_dir}", "resume=true"], tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    step_a, leaves_a = final_leaves(tmp_path / "straight")
+    step_b, leaves_b = final_leaves(killed_dir)
+    assert step_a == step_b == steps
+    assert len(leaves_a) == len(leaves_b)
+    for a, b in zip(leaves_a, leaves_b, strict=True):  # theta, outer and estimator state
+        np.testing.assert_array_equal(a, b)
+    theta = "optimizer/theta.msgpack"
+    assert (tmp_path / "straight" / theta).read_bytes() == (killed_dir / theta).read_bytes()
+    summary = json.loads((killed_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == killed_at
+    records = [json.loads(x) for x in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(5, steps + 1, 5))
