@@ -5,11 +5,11 @@ from __future__ import annotations
 import jax
 import optax
 import pytest
-from lopt.tasks import get_task
 
 from lopt.learned import make_optimizer
 from lopt.meta import full_es, make_meta_trainer, meta_train, pes, tbptt
 from lopt.meta.base import broadcast_theta
+from lopt.tasks import get_task
 
 EPISODE = 50
 

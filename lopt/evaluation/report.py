@@ -1,0 +1,297 @@
+"""Turns an :class:`~lopt.evaluation.evaluate.EvalResult` into JSON, Markdown and a figure.
+
+Files written by :func:`write_outputs`:
+
+* ``results.json``: settings, seeds, sweeps (every rate's per-seed final losses), and per
+  optimizer its per-seed curves, mean and standard-error curves, final loss, held-out
+  metrics, steps to tuned Adam's final loss, and timings. Non-finite numbers are ``null``.
+* ``results.md``: the summary table and the sweeps.
+* ``curves.png``: training loss (mean ± standard error over seeds) per optimizer, like
+  Figure 2 of the UNF paper.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lopt.evaluation import stats
+from lopt.evaluation.evaluate import TARGET_BASELINE, EvalResult, generalization, target_loss
+
+JSON_FILE = "results.json"
+MARKDOWN_FILE = "results.md"
+FIGURE_FILE = "curves.png"
+
+HELD_OUT_METRICS = ("accuracy", "perplexity")
+"""Held-out metrics shown next to the held-out loss, whichever the task reports."""
+
+
+def _number(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _numbers(values: np.ndarray) -> list:
+    return [_numbers(v) if np.ndim(v) else _number(v) for v in np.asarray(values, np.float64)]
+
+
+def _summary(values: np.ndarray) -> dict:
+    summary = stats.summarize(values)
+    return {
+        "per_seed": _numbers(values),
+        "mean": _number(summary.mean),
+        "se": _number(summary.se),
+        "num_nonfinite": summary.num_nonfinite,
+    }
+
+
+def summarize_result(result: EvalResult) -> dict:
+    """Everything about the evaluation as a JSON-serialisable dict."""
+    settings = result.settings
+    tail = settings.tail
+    target = target_loss(result)
+    optimizers = {}
+    for optimizer in result.optimizers:
+        curves = optimizer.trajectory.train_loss
+        mean_curve = stats.finite_mean(curves, axis=0)
+        optimizers[optimizer.label] = {
+            "kind": optimizer.kind,
+            "config": optimizer.config,
+            "source": optimizer.source,
+            "meta_training": optimizer.meta_training,
+            "generalization": generalization(result, optimizer.meta_training),
+            "final_train_loss": _summary(stats.final_loss(curves, tail)),
+            "held_out": {
+                name: _summary(values) for name, values in optimizer.trajectory.test_metrics.items()
+            },
+            "steps_to_target": (
+                None if target is None else stats.steps_to_reach(mean_curve, target, tail)
+            ),
+            "seconds_per_step": optimizer.trajectory.seconds_per_step,
+            "compile_seconds": optimizer.trajectory.compile_seconds,
+            "curve_mean": _numbers(mean_curve),
+            "curve_se": _numbers(stats.standard_error(curves, axis=0)),
+            "train_loss": _numbers(curves),
+        }
+    sweeps = {
+        name: {
+            "hyperparameters": sweep.hyperparameters,
+            "learning_rates": list(sweep.learning_rates),
+            "seeds": list(sweep.seeds),
+            "num_steps": sweep.num_steps,
+            "tail": sweep.tail,
+            "final_losses": _numbers(sweep.final_losses),
+            "scores": _numbers(sweep.scores),
+            "best_learning_rate": sweep.best_learning_rate,
+            "at_grid_edge": sweep.at_grid_edge,
+        }
+        for name, sweep in result.sweeps.items()
+    }
+    return {
+        "task": {"name": result.task_name, "config": result.task_config},
+        "settings": {
+            "num_steps": settings.num_steps,
+            "num_seeds": settings.num_seeds,
+            "seeds": list(settings.seeds),
+            "tuning_seeds": list(settings.tuning) if result.sweeps else [],
+            "tuning_steps": settings.tuning_steps or settings.num_steps,
+            "tail_steps": tail,
+            "num_test_batches": settings.num_test_batches,
+            "final_loss": f"mean training loss over the last {tail} steps of a run",
+            "sweep_criterion": (
+                "lowest mean final training loss over the tuning seeds; a rate with a "
+                "diverged run is excluded"
+            ),
+            "seconds_per_step": f"all {settings.num_seeds} seeds vmapped, compile excluded",
+        },
+        "target": {"baseline": TARGET_BASELINE, "final_train_loss": target},
+        "sweeps": sweeps,
+        "optimizers": optimizers,
+        "environment": result.environment,
+    }
+
+
+def _format(mean: float | None, se: float | None, nonfinite: int = 0, total: int = 0) -> str:
+    if mean is None:
+        return f"diverged ({nonfinite}/{total})" if nonfinite else "—"
+    text = f"{mean:.4g} ± {se:.2g}"
+    return f"{text} ({nonfinite}/{total} diverged)" if nonfinite else text
+
+
+def markdown_table(summary: dict) -> str:
+    """The Markdown report of :func:`summarize_result`'s output."""
+    settings, task = summary["settings"], summary["task"]
+    options = ", ".join(f"{k}={v}" for k, v in task["config"].items() if k != "name")
+    seeds = settings["seeds"]
+    metrics = [
+        name
+        for name in HELD_OUT_METRICS
+        if any(name in o["held_out"] for o in summary["optimizers"].values())
+    ]
+    target = summary["target"]["final_train_loss"]
+    target_text = "—" if target is None else f"{target:.4g}"
+    lines = [
+        f"# Evaluation on `{task['name']}` ({options})",
+        "",
+        f"{settings['num_steps']} steps from {len(seeds)} evaluation seeds "
+        f"({seeds[0]}–{seeds[-1]}); final loss = {settings['final_loss']}; "
+        f"mean ± standard error over seeds. Held-out metrics: final parameters on "
+        f"{settings['num_test_batches']} test batches. Steps to target: first step at which "
+        f"the mean curve (trailing mean over {settings['tail_steps']} steps) reaches tuned "
+        f"{summary['target']['baseline']}'s final loss ({target_text}). Time per step: "
+        f"{settings['seconds_per_step']}.",
+        "",
+    ]
+    header = ["optimizer", "final train loss", "held-out loss", *[f"held-out {m}" for m in metrics]]
+    header += ["steps to Adam's final loss", "ms / step"]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    total = len(seeds)
+    for label, entry in summary["optimizers"].items():
+        final = entry["final_train_loss"]
+        name = label if entry["kind"] == "trained" else _baseline_label(label, entry)
+        row = [name, _format(final["mean"], final["se"], final["num_nonfinite"], total)]
+        for metric in ("loss", *metrics):
+            held = entry["held_out"].get(metric)
+            row.append("—" if held is None else _format(held["mean"], held["se"]))
+        steps = entry["steps_to_target"]
+        row.append("—" if steps is None else str(steps))
+        row.append(f"{entry['seconds_per_step'] * 1e3:.3g}")
+        lines.append("| " + " | ".join(row) + " |")
+    notes = [
+        _generalization_note(label, entry)
+        for label, entry in summary["optimizers"].items()
+        if entry.get("generalization")
+    ]
+    if notes:
+        lines += ["", *notes]
+    for name, sweep in summary["sweeps"].items():
+        lines += [
+            "",
+            f"**{name} sweep** ({len(sweep['seeds'])} tuning seeds {sweep['seeds'][0]}–"
+            f"{sweep['seeds'][-1]}, {sweep['num_steps']} steps; mean final training loss, "
+            f"inf = a run diverged): chosen learning rate {sweep['best_learning_rate']:g}"
+            + (" — at the edge of the grid, widen it" if sweep["at_grid_edge"] else ""),
+            "",
+            "| learning rate | " + " | ".join(f"{r:g}" for r in sweep["learning_rates"]) + " |",
+            "|---|" + "---|" * len(sweep["learning_rates"]),
+            "| mean final loss | "
+            + " | ".join("inf" if s is None else f"{s:.4g}" for s in sweep["scores"])
+            + " |",
+        ]
+    env = summary["environment"]
+    lines += ["", f"Measured with jax {env['jax']} on {env['backend']} ({env['device']}).", ""]
+    return "\n".join(lines)
+
+
+def _generalization_note(label: str, entry: dict) -> str:
+    general, trained = entry["generalization"], entry["meta_training"]
+    parts = []
+    if not general["same_task"]:
+        parts.append(f"meta-trained on `{trained['task']['name']}`")
+    for key, (before, after) in general["task_changes"].items():
+        parts.append(f"{key} {before} → {after}")
+    if general["horizon_ratio"] is not None:
+        parts.append(f"horizon {general['horizon_ratio']:.3g}× the meta-training horizon")
+    return f"- {label}: " + ("; ".join(parts) if parts else "same task as meta-training")
+
+
+def _baseline_label(label: str, entry: dict) -> str:
+    return f"{label} (tuned, lr {entry['config']['learning_rate']:g})"
+
+
+def use_log_scale(curves: list[np.ndarray], log_y: bool | None) -> bool:
+    """``log_y`` if given; else log when the finite positive losses span over 10x."""
+    if log_y is not None:
+        return bool(log_y)
+    values = np.concatenate([np.asarray(c, np.float64).reshape(-1) for c in curves])
+    values = values[np.isfinite(values) & (values > 0)]
+    return values.size > 0 and values.max() / values.min() > 10
+
+
+def plot_curves(
+    summary: dict, path: str | os.PathLike, log_y: bool | None = None, smoothing: int = 0
+) -> Path:
+    """Draws training loss (mean ± standard error) per optimizer into a PNG.
+
+    Args:
+        summary: output of :func:`summarize_result`.
+        path: the PNG file.
+        log_y: log-scale loss axis (None: automatic, see :func:`use_log_scale`).
+        smoothing: trailing-mean window of the drawn curves (0: ``T // 100``, 1: none).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    num_steps = summary["settings"]["num_steps"]
+    window = smoothing if smoothing > 0 else max(1, num_steps // 100)
+    figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=150)
+    drawn = []
+    for label, entry in summary["optimizers"].items():
+        mean = np.asarray(entry["curve_mean"], dtype=np.float64)  # None -> nan
+        se = np.asarray(entry["curve_se"], dtype=np.float64)
+        mean, se = stats.trailing_mean(mean, window), stats.trailing_mean(se, window)
+        steps = np.arange(mean.shape[0])
+        name = label if entry["kind"] == "trained" else _baseline_label(label, entry)
+        style = "-" if entry["kind"] == "trained" else "--"
+        (line,) = axis.plot(steps, mean, style, label=name, linewidth=1.4)
+        axis.fill_between(steps, mean - se, mean + se, color=line.get_color(), alpha=0.25)
+        drawn.append(mean)
+    if drawn and use_log_scale(drawn, log_y):
+        axis.set_yscale("log")
+    task = summary["task"]
+    options = ", ".join(f"{k}={v}" for k, v in task["config"].items() if k != "name")
+    axis.set_title(f"{task['name']} ({options})", fontsize=9)
+    axis.set_xlabel("inner step")
+    axis.set_ylabel("training loss")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=8)
+    caption = f"mean ± s.e. over {summary['settings']['num_seeds']} seeds"
+    if window > 1:
+        caption += f", trailing mean over {window} steps"
+    axis.text(0.99, 0.01, caption, transform=axis.transAxes, ha="right", va="bottom", fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def write_outputs(
+    result: EvalResult,
+    out_dir: str | os.PathLike,
+    log_y: bool | None = None,
+    smoothing: int = 0,
+) -> dict[str, Path]:
+    """Writes ``results.json``, ``results.md`` and ``curves.png`` into ``out_dir``.
+
+    Returns:
+        ``{"json": ..., "markdown": ..., "figure": ...}`` paths.
+    """
+    directory = Path(out_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = summarize_result(result)
+    paths = {
+        "json": directory / JSON_FILE,
+        "markdown": directory / MARKDOWN_FILE,
+        "figure": directory / FIGURE_FILE,
+    }
+    paths["json"].write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    paths["markdown"].write_text(markdown_table(summary))
+    plot_curves(summary, paths["figure"], log_y=log_y, smoothing=smoothing)
+    return paths
+
+
+def load_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a ``results.json`` (or the directory holding one)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / JSON_FILE
+    return json.loads(path.read_text())

@@ -1,0 +1,258 @@
+"""Evaluation: statistics, seeds, the vmapped runner, baseline sweeps, loading, lopt-eval."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import lopt.learned as L
+import lopt.tasks as tasks
+from lopt.evaluation import (
+    EVAL_SEED_OFFSET,
+    TUNING_SEED_OFFSET,
+    EvalSettings,
+    OptimizerLoadError,
+    check_disjoint,
+    evaluation_seeds,
+    final_loss,
+    find_saved_optimizer,
+    load_for_task,
+    run_seeds,
+    seed_keys,
+    standard_error,
+    steps_to_reach,
+    summarize,
+    tail_steps,
+    trailing_mean,
+    tune_learning_rate,
+    tuning_seeds,
+)
+from lopt.evaluation.sweep import choose
+
+
+@pytest.fixture(scope="module")
+def tiny_task():
+    return tasks.get_task("mlp_digits", width=8)
+
+
+def save_fresh(path, task, name="unf"):
+    opt = L.make_optimizer(name, task.spec)
+    theta = opt.init_meta(jax.random.key(0), jax.eval_shape(task.init, jax.random.key(0)))
+    return L.save_optimizer(path, opt, theta)
+
+
+# --- statistics -----------------------------------------------------------------------
+
+
+def test_standard_error_matches_formula():
+    values = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [4.0, 10.0]])
+    # std(ddof=1) of 1..4 is sqrt(5/3); divided by sqrt(4)
+    np.testing.assert_allclose(standard_error(values), [np.sqrt(5 / 3) / 2, 0.0])
+    # non-finite entries are skipped; fewer than two finite values give 0; none gives nan
+    ragged = np.array([[1.0, np.nan, np.nan], [3.0, 5.0, np.inf]])
+    np.testing.assert_allclose(standard_error(ragged), [1.0, 0.0, np.nan])
+    summary = summarize(np.array([2.0, 4.0, np.nan]))
+    assert (summary.mean, summary.count, summary.num_nonfinite) == (3.0, 2, 1)
+    assert summary.se == pytest.approx(np.sqrt(2.0) / np.sqrt(2.0))
+
+
+def test_final_loss_trailing_mean_and_steps_to_reach():
+    curve = np.array([5.0, 4.0, 3.0, 2.0, 1.0, 1.0])
+    assert tail_steps(6, 0.3) == 2 and tail_steps(6, 0.01) == 1
+    np.testing.assert_allclose(final_loss(curve[None], 2), [1.0])
+    np.testing.assert_allclose(trailing_mean(curve, 2), [5.0, 4.5, 3.5, 2.5, 1.5, 1.0])
+    # the smoothed curve first reaches 2.5 after 3 updates; 1.0 only at the end
+    assert steps_to_reach(curve, 2.5, window=2) == 3
+    assert steps_to_reach(curve, 1.0, window=2) == 5
+    assert steps_to_reach(curve, 0.5, window=2) is None
+    assert steps_to_reach(curve, float("nan"), window=2) is None
+    with pytest.raises(ValueError, match="tail_fraction"):
+        tail_steps(10, 0.0)
+
+
+def test_choose_skips_diverged_rates():
+    assert choose(np.array([np.nan, 2.0, 1.0, np.inf])) == 2
+    assert choose(np.array([3.0, 1.0, 1.0])) == 1  # ties: the smaller rate
+    with pytest.raises(ValueError, match="diverged"):
+        choose(np.array([np.inf, np.nan]))
+
+
+# --- seeds ------------------------------------------------------------------------------
+
+
+def test_evaluation_and_tuning_seeds_are_disjoint():
+    held_out, tuning = evaluation_seeds(5), tuning_seeds(3)
+    assert held_out == tuple(range(EVAL_SEED_OFFSET, EVAL_SEED_OFFSET + 5))
+    assert tuning == tuple(range(TUNING_SEED_OFFSET, TUNING_SEED_OFFSET + 3))
+    assert not set(held_out) & set(tuning)
+    assert min(held_out + tuning) >= EVAL_SEED_OFFSET  # below: meta-training's seeds
+    check_disjoint(held_out, tuning)
+    with pytest.raises(ValueError, match="overlap at \\[20000, 20001\\]"):
+        check_disjoint(evaluation_seeds(3, offset=19_999), tuning)
+    with pytest.raises(ValueError, match="overlap"):
+        EvalSettings(num_seeds=3, seed_offset=TUNING_SEED_OFFSET).validate()
+    keys = seed_keys(held_out)
+    assert keys.shape == (5, 2) and len({tuple(map(int, k)) for k in keys}) == 5
+
+
+# --- runner and sweep -----------------------------------------------------------------
+
+
+def test_runner_matches_a_plain_optax_loop(tiny_task):
+    """Each vmapped run is the optax training loop of its own seed's init and batches."""
+    num_steps, seeds = 4, (10_000, 10_001)
+    opt = L.make_optimizer("sgdm", tiny_task.spec, learning_rate=0.1, momentum=0.9)
+    theta = opt.init_meta(jax.random.key(0))
+    shared = run_seeds(tiny_task, opt, theta, seed_keys(seeds), num_steps, num_test_batches=2)
+    assert shared.train_loss.shape == (2, num_steps)
+    assert set(shared.test_metrics) == {"loss", "accuracy"} and shared.seconds_per_step > 0
+
+    reference = optax.sgd(0.1, momentum=0.9)
+    loss_and_grad = jax.jit(jax.value_and_grad(tiny_task.loss))
+    for row, key in zip(shared.train_loss, seed_keys(seeds), strict=True):
+        init_key, data_key, _ = jax.random.split(key, 3)
+        params = tiny_task.init(init_key)
+        state = reference.init(params)
+        losses = []
+        for t in range(num_steps):
+            batch = tiny_task.batch(jax.random.fold_in(data_key, t), "train")
+            loss, grads = loss_and_grad(params, batch)
+            updates, state = reference.update(grads, state, params)
+            params = optax.apply_updates(params, updates)
+            losses.append(float(loss))
+        np.testing.assert_allclose(row, losses, rtol=2e-5)
+
+
+def test_sweep_picks_the_best_rate(tiny_task):
+    """A tiny rate barely moves, a huge one blows the loss up; 0.1 is clearly best."""
+    sweep = tune_learning_rate(
+        tiny_task,
+        "sgdm",
+        [1e3, 1e-4, 0.1],
+        seeds=(20_000, 20_001),
+        num_steps=30,
+        hyperparameters={"momentum": 0.9},
+    )
+    assert sweep.learning_rates == (1e-4, 0.1, 1e3)  # sorted
+    assert sweep.final_losses.shape == (3, 2)
+    assert sweep.best_learning_rate == 0.1 and not sweep.at_grid_edge
+    assert sweep.scores[1] < 1.8 < sweep.scores[0] < sweep.scores[2]
+    np.testing.assert_allclose(sweep.scores[:2], sweep.final_losses[:2].mean(axis=1))
+
+    # the sweep's run for (0.1, seed 20_001) is the plain evaluation run of that seed
+    opt = L.make_optimizer("sgdm", tiny_task.spec, learning_rate=0.1, momentum=0.9)
+    single = run_seeds(tiny_task, opt, opt.init_meta(jax.random.key(0)), seed_keys([20_001]), 30)
+    np.testing.assert_allclose(
+        final_loss(single.train_loss, sweep.tail), sweep.final_losses[1, 1:], rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="duplicates"):
+        tune_learning_rate(tiny_task, "adam", [0.1, 0.1], seeds=(1,), num_steps=2)
+    with pytest.raises(ValueError, match="cannot tune 'unf'"):
+        tune_learning_rate(tiny_task, "unf", [0.1], seeds=(1,), num_steps=2)
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def test_find_saved_optimizer_in_run_directories(tmp_path, tiny_task):
+    run = tmp_path / "run"
+    saved = save_fresh(run / "optimizer", tiny_task)
+    (run / ".hydra").mkdir()
+    (run / "checkpoints" / "100").mkdir(parents=True)
+    assert find_saved_optimizer(run) == saved
+    assert find_saved_optimizer(saved) == saved
+    save_fresh(run / "other", tiny_task, "deepsets")
+    with pytest.raises(OptimizerLoadError, match="holds 2 saved optimizers"):
+        find_saved_optimizer(run)
+    with pytest.raises(OptimizerLoadError, match="does not exist"):
+        find_saved_optimizer(tmp_path / "missing")
+    with pytest.raises(OptimizerLoadError, match="no saved optimizer"):
+        find_saved_optimizer(run / "checkpoints")
+    with pytest.raises(OptimizerLoadError, match="is a file"):
+        find_saved_optimizer(saved / "config.json")
+
+
+def test_load_for_task_wider_model_and_mismatched_architecture(tmp_path, tiny_task):
+    saved = save_fresh(tmp_path / "run" / "optimizer", tiny_task)
+    (tmp_path / "run" / "config.yaml").write_text(
+        "task:\n  _target_: lopt.tasks.mlp_digits\n  width: 8\n"
+        "schedule:\n  min_length: 10\n  max_length: 10\nseed: 0\n"
+    )
+    wider = load_for_task(tmp_path / "run", tasks.get_task("mlp_digits", width=16))
+    assert wider.label == "run" and wider.directory == str(saved)
+    assert wider.meta_training["task"] == {"name": "mlp_digits", "config": {"width": 8}}
+    assert wider.meta_training["horizon"] == 10
+    with pytest.raises(OptimizerLoadError, match="does not fit task 'cnn_digits'"):
+        load_for_task(saved, tasks.get_task("cnn_digits", channels=(4, 4)))
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def lopt_eval(*args, cwd):
+    command = [sys.executable, "-c", "from lopt.cli.eval import main; main()", *args]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
+    run = tmp_path / "runs" / "tiny_unf"
+    save_fresh(run / "optimizer", tiny_task)
+    (run / "config.yaml").write_text(
+        "task:\n  _target_: lopt.tasks.mlp_digits\n  width: 32\n  depth: 1\n"
+        "schedule:\n  min_length: 10\n  max_length: 10\nseed: 0\n"
+    )
+    out = tmp_path / "out"
+    result = lopt_eval(
+        "task=mlp_digits",
+        "task.width=8",
+        f"optimizers=[{run}]",
+        "num_seeds=2",
+        "num_steps=20",
+        "tuning.num_seeds=2",
+        "baselines.sgdm.learning_rates=[0.01,0.1]",
+        "baselines.adam.learning_rates=[0.001,0.01]",
+        f"out_dir={out}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "results.json").read_text())
+    assert list(summary["optimizers"]) == ["tiny_unf", "sgdm", "adam"]
+    assert summary["task"]["config"]["width"] == 8
+    seeds, tuning = summary["settings"]["seeds"], summary["settings"]["tuning_seeds"]
+    assert seeds == [10_000, 10_001] and not set(seeds) & set(tuning)
+    for name, grid in (("sgdm", [0.01, 0.1]), ("adam", [0.001, 0.01])):
+        sweep = summary["sweeps"][name]
+        assert sweep["learning_rates"] == grid and len(sweep["final_losses"]) == 2
+        best = grid[int(np.argmin(sweep["scores"]))]
+        assert sweep["best_learning_rate"] == best
+        assert summary["optimizers"][name]["config"]["learning_rate"] == best
+    trained = summary["optimizers"]["tiny_unf"]
+    assert np.asarray(trained["train_loss"]).shape == (2, 20)
+    assert len(trained["curve_mean"]) == 20
+    assert set(trained["held_out"]) == {"loss", "accuracy"}
+    assert trained["generalization"]["task_changes"] == {"width": [32, 8]}
+    assert trained["generalization"]["horizon_ratio"] == 2.0
+    adam = summary["optimizers"]["adam"]
+    assert summary["target"]["final_train_loss"] == adam["final_train_loss"]["mean"]
+    assert adam["steps_to_target"] is not None and adam["steps_to_target"] <= 19
+    table = (out / "results.md").read_text()
+    assert "| optimizer | final train loss | held-out loss | held-out accuracy |" in table
+    assert "tiny_unf" in table and "adam (tuned, lr" in table and "width 32 → 8" in table
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+
+def test_cli_reports_bad_optimizer_path_and_bad_keys(tmp_path):
+    missing = tmp_path / "no_such_run"
+    result = lopt_eval(f"optimizers=[{missing}]", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"lopt-eval: error: optimizer path '{missing}' does not exist" in result.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+    typo = lopt_eval("num_seed=3", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert typo.returncode != 0 and "num_seed" in typo.stderr
