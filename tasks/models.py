@@ -2,9 +2,10 @@
 
 All models map a batch of inputs to logits: images ``(B, features)`` or ``(B, H, W, C)``
 to ``(B, classes)``, token ids ``(B, T)`` to ``(B, T, vocab)``. They use plain flax layers
-(``Dense``, ``Conv``, ``Embed``, ``LayerNorm``, ``SimpleCell``/``RNN``,
-``MultiHeadDotProductAttention``) so the spec derivation and optimizers see ordinary
-flax parameter trees.
+(``Dense``, ``Embed``, ``LayerNorm``, ``SimpleCell``/``RNN``,
+``MultiHeadDotProductAttention``; convolutions through :class:`~lopt.tasks.conv.Conv`,
+flax's ``Conv`` with a gradient that stays fast inside ``lax.scan``) so the spec
+derivation and optimizers see ordinary flax parameter trees.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from .conv import Conv
 
 Activation = Callable[[jax.Array], jax.Array]
 
@@ -71,7 +74,7 @@ class CNN(nn.Module):
         x = inputs
         size = (self.kernel_size, self.kernel_size)
         for width in self.channels:
-            x = self.activation(nn.Conv(width, size, strides=self.stride, padding="SAME")(x))
+            x = self.activation(Conv(width, size, self.stride)(x))
         # Global average pooling keeps the head independent of the spatial layout.
         x = jnp.mean(x, axis=(-3, -2))
         return nn.Dense(self.num_classes)(x)
