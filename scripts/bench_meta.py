@@ -66,7 +66,8 @@ def bench_task(name: str, args) -> list[str]:
     opt = learned.make_optimizer(args.optimizer, task.spec)
     rows = []
     trainers, states, compile_times = {}, {}, {}
-    for est_name, estimator in estimators(args.pairs, args.truncation, args.sigma).items():
+    chosen = estimators(args.pairs, args.truncation, args.sigma)
+    for est_name, estimator in ((name, chosen[name]) for name in args.estimators):
         schedule = args.full_episode if est_name == "full_es" else args.episode
         trainer = meta.make_meta_trainer(task, opt, estimator, optax.adam(1e-3), schedule=schedule)
         state = trainer.init(jax.random.PRNGKey(0))
@@ -109,6 +110,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
     parser.add_argument("--optimizer", default="unf", choices=sorted(learned.LEARNED))
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        default=["pes", "tbptt", "full_es"],
+        choices=["pes", "tbptt", "full_es"],
+    )
     parser.add_argument("--pairs", type=int, default=8, help="antithetic pairs P")
     parser.add_argument("--truncation", type=int, default=20, help="inner steps K per estimate")
     parser.add_argument("--sigma", type=float, default=0.01)
