@@ -146,6 +146,42 @@ def _diagonal_mask(shape: tuple[int, ...], block: tuple[int, ...]) -> np.ndarray
     return equal.astype(np.float32)[..., None]
 
 
+def _all_reductions(folded: Sequence[Array], plan: Plan) -> dict[Reduction, Array]:
+    """Every reduction of the plan, each computed once and from the cheapest source.
+
+    A mean over a set of axes is taken from an already computed mean over the largest
+    subset of them, not from the full tensor: few reductions read each full input, so
+    XLA fuses the input's producer (the previous layer's sum of broadcasts) into few
+    consumers instead of recomputing it for every reduction.
+    """
+    done: dict[Reduction, Array] = {}
+    averaged_of = {
+        reduction: frozenset(range(len(reduction.partition))) - set(reduction.kept)
+        for reduction in plan.reductions
+    }
+    for reduction in sorted(plan.reductions, key=lambda r: (r.tensor, len(averaged_of[r]))):
+        layout = plan.tensors[reduction.tensor]
+        if any(len(block) > 1 for block in reduction.partition):
+            done[reduction] = _reduce(folded[reduction.tensor], reduction, layout)
+            continue
+        averaged = averaged_of[reduction]
+        base, base_averaged = folded[reduction.tensor], frozenset()
+        for other, value in done.items():
+            if (
+                other.tensor == reduction.tensor
+                and other.partition == reduction.partition
+                and averaged_of[other] <= averaged
+                and len(averaged_of[other]) > len(base_averaged)
+            ):
+                base, base_averaged = value, averaged_of[other]
+        remaining = [axis for axis in range(len(layout.ids)) if axis not in base_averaged]
+        todo = sorted(averaged - base_averaged)
+        count = math.prod(layout.permuted_shape[axis] for axis in todo)
+        summed = sum_axes(base, [remaining.index(axis) for axis in todo])
+        done[reduction] = summed / count if count != 1 else summed
+    return done
+
+
 Placement = tuple[tuple[int, ...], tuple[int, ...], tuple[tuple[int, ...], ...]]
 """How a group's output enters its tensor: the output's shape without channels (one
 entry per carried block), the shape it is reshaped to (size one on broadcast axes), and
@@ -181,9 +217,34 @@ def _embed_sum(zs: tuple[Array, ...], placements: tuple[Placement, ...], shape: 
     extents of conv taps; here the cotangent is materialised once and every reduction is
     a :func:`sum_axes` dot.
     """
-    total = _place(zs[0], placements[0], shape)
-    for z, placement in zip(zs[1:], placements[1:], strict=True):
-        total = total + _place(z, placement, shape)
+    # Each plain contribution is added into the smallest other one whose axes contain its
+    # own (one small broadcast-add each), so the full-size sum reads few inputs.
+    pending: dict[tuple[int, ...], Array] = {}
+    masked = []
+    for z, placement in zip(zs, placements, strict=True):
+        _, expanded, diagonals = placement
+        if diagonals:
+            masked.append(_place(z, placement, shape))
+            continue
+        value = z.reshape((*expanded, z.shape[-1]))
+        pending[expanded] = pending[expanded] + value if expanded in pending else value
+    full = (*shape, zs[0].shape[-1])
+
+    def contains(large: tuple[int, ...], small: tuple[int, ...]) -> bool:
+        return all(b == 1 or a == b for a, b in zip(large, small, strict=True))
+
+    def size(expanded: tuple[int, ...]) -> int:
+        return math.prod(expanded)
+
+    for expanded in sorted(pending, key=size):
+        supersets = [other for other in pending if other != expanded and contains(other, expanded)]
+        if supersets:
+            target = min(supersets, key=size)
+            pending[target] = pending[target] + pending.pop(expanded)
+    total = None
+    for value in [*pending.values(), *masked]:
+        value = jnp.broadcast_to(value, full)
+        total = value if total is None else total + value
     return total
 
 
@@ -257,14 +318,11 @@ class UNFLinear(nn.Module):
         plan = plan_for(self.spec, x)
         leaves, treedef = jax.tree_util.tree_flatten(x)
         folded = [_fold(leaf, layout) for leaf, layout in zip(leaves, plan.tensors, strict=True)]
-        cache: dict[Reduction, Array] = {}
+        cache = _all_reductions(folded, plan)
 
         def reduced(reduction: Reduction) -> Array:
             kept_sorted = tuple(sorted(reduction.kept))
-            key = Reduction(reduction.tensor, reduction.partition, kept_sorted)
-            if key not in cache:
-                cache[key] = _reduce(folded[key.tensor], key, plan.tensors[key.tensor])
-            value = cache[key]
+            value = cache[Reduction(reduction.tensor, reduction.partition, kept_sorted)]
             if kept_sorted != reduction.kept:
                 value = jnp.transpose(
                     value, (*[kept_sorted.index(b) for b in reduction.kept], value.ndim - 1)
