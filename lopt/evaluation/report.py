@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -248,7 +249,8 @@ def plot_curves(
         axis.set_yscale("log")
     task = summary["task"]
     options = ", ".join(f"{k}={v}" for k, v in task["config"].items() if k != "name")
-    axis.set_title(f"{task['name']} ({options})", fontsize=9)
+    # Wrapped: a task with many options (the transformer) would run off the figure.
+    axis.set_title(textwrap.fill(f"{task['name']} ({options})", width=80), fontsize=9)
     axis.set_xlabel("inner step")
     axis.set_ylabel("training loss")
     axis.grid(alpha=0.3, which="both")
