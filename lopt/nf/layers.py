@@ -211,11 +211,10 @@ def _embed_sum(zs: tuple[Array, ...], placements: tuple[Placement, ...], shape: 
     Carried blocks index the output (on the diagonal for blocks of several axes); the
     other blocks broadcast (again on the diagonal for blocks of several axes).
 
-    The gradient is written by hand. Left to autodiff, the cotangent's producer is
-    fused into each of the per-group reductions and recomputed once per group, and the
-    reductions of broadcast axes are XLA reductions, which are slow on CPU for the small
-    extents of conv taps; here the cotangent is materialised once and every reduction is
-    a :func:`sum_axes` dot.
+    The gradient is written by hand. Left to autodiff, every group's gradient is an XLA
+    reduction of the full cotangent: slow on CPU for the small extents of conv taps, and
+    XLA recomputes the cotangent's fused producer for each of them. Here every group's
+    gradient is a :func:`sum_axes` dot taken from the largest sub-sum already computed.
     """
     # Each plain contribution is added into the smallest other one whose axes contain its
     # own (one small broadcast-add each), so the full-size sum reads few inputs.
