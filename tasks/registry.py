@@ -108,10 +108,22 @@ def _transformer(width, num_heads, mlp_size, depth, seq_len) -> TransformerLM:
     )
 
 
+def _options(arguments: dict) -> dict:
+    """A factory's size and data options as recorded in ``Task.config`` (JSON-ready).
+
+    ``data_dir`` is where the data happen to live, not part of the task, so it is left out.
+    """
+    return {
+        name: list(value) if isinstance(value, tuple | list) else value
+        for name, value in arguments.items()
+        if name != "data_dir"
+    }
+
+
 # -- embedded data ----------------------------------------------------------------------
 def mlp_digits(width: int = 32, depth: int = 1, batch_size: int = 128) -> Task:
     """MLP on scikit-learn's 8x8 digits (64 inputs, ``depth`` hidden layers of ``width``)."""
-    config = {"width": width, "depth": depth, "batch_size": batch_size}
+    config = _options(locals())
     return _mlp_task(
         "mlp_digits",
         datasets.digits_images(),
@@ -125,7 +137,7 @@ def mlp_digits(width: int = 32, depth: int = 1, batch_size: int = 128) -> Task:
 
 def cnn_digits(channels: Sequence[int] = (16, 32), stride: int = 1, batch_size: int = 128) -> Task:
     """CNN on scikit-learn's digits as 8x8x1 images."""
-    config = {"channels": list(channels), "stride": stride, "batch_size": batch_size}
+    config = _options(locals())
     return _cnn_task(
         "cnn_digits",
         datasets.digits_images(),
@@ -141,12 +153,7 @@ def rnn_text(
     hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64, seq_len: int = 16
 ) -> Task:
     """Byte-level identity-initialised RNN LM on CPython's pydoc topics."""
-    config = {
-        "hidden_size": hidden_size,
-        "embed_size": embed_size,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-    }
+    config = _options(locals())
     return _lm_task(
         "rnn_text",
         datasets.pydoc_text(),
@@ -166,14 +173,7 @@ def transformer_text(
     seq_len: int = 8,
 ) -> Task:
     """Byte-level pre-LayerNorm transformer LM on CPython's pydoc topics."""
-    config = {
-        "width": width,
-        "num_heads": num_heads,
-        "mlp_size": mlp_size,
-        "depth": depth,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-    }
+    config = _options(locals())
     model = _transformer(width, num_heads, mlp_size, depth, seq_len)
     return _lm_task(
         "transformer_text",
@@ -195,13 +195,7 @@ def mlp_fashion_mnist(
     dataset: str = "fashion_mnist",
 ) -> Task:
     """MLP on FashionMNIST area-resized to ``image_size`` squared (the paper: 8x8)."""
-    config = {
-        "width": width,
-        "depth": depth,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "dataset": dataset,
-    }
+    config = _options(locals())
     splits = datasets.tfds_images(dataset, data_dir, image_size)
     return _mlp_task(
         "mlp_fashion_mnist",
@@ -223,13 +217,7 @@ def cnn_cifar10(
     dataset: str = "cifar10",
 ) -> Task:
     """CNN on CIFAR-10 average-pooled to ``image_size`` squared (the paper: 16x16x3)."""
-    config = {
-        "channels": list(channels),
-        "stride": stride,
-        "batch_size": batch_size,
-        "image_size": image_size,
-        "dataset": dataset,
-    }
+    config = _options(locals())
     splits = datasets.tfds_images(dataset, data_dir, image_size)
     return _cnn_task(
         "cnn_cifar10",
@@ -253,15 +241,7 @@ def rnn_lm1b(
     max_test_bytes: int = 1 << 20,
 ) -> Task:
     """Byte-level IRNN LM on LM1B (the first ``max_train_bytes`` of its training text)."""
-    config = {
-        "hidden_size": hidden_size,
-        "embed_size": embed_size,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "dataset": dataset,
-        "max_train_bytes": max_train_bytes,
-        "max_test_bytes": max_test_bytes,
-    }
+    config = _options(locals())
     splits = datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
     return _lm_task(
         "rnn_lm1b",
@@ -286,17 +266,7 @@ def transformer_lm1b(
     max_test_bytes: int = 1 << 20,
 ) -> Task:
     """Byte-level pre-LayerNorm transformer LM on LM1B."""
-    config = {
-        "width": width,
-        "num_heads": num_heads,
-        "mlp_size": mlp_size,
-        "depth": depth,
-        "batch_size": batch_size,
-        "seq_len": seq_len,
-        "dataset": dataset,
-        "max_train_bytes": max_train_bytes,
-        "max_test_bytes": max_test_bytes,
-    }
+    config = _options(locals())
     splits = datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
     model = _transformer(width, num_heads, mlp_size, depth, seq_len)
     return _lm_task(
