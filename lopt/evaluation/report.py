@@ -285,7 +285,7 @@ def write_outputs(
         "markdown": directory / MARKDOWN_FILE,
         "figure": directory / FIGURE_FILE,
     }
-    paths["json"].write_text(json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    paths["json"].write_text(json.dumps(summary, separators=(",", ":"), allow_nan=False) + "\n")
     paths["markdown"].write_text(markdown_table(summary))
     plot_curves(summary, paths["figure"], log_y=log_y, smoothing=smoothing)
     return paths
