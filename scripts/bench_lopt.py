@@ -16,10 +16,10 @@ import statistics
 import time
 
 import jax
-import optax
 
 import lopt.learned as learned
 import lopt.tasks as tasks
+from lopt.meta.population import train_step
 
 TASKS = ("mlp_digits", "cnn_digits", "rnn_text", "transformer_text")
 OPTIMIZERS = ("adam", "deepsets", "nfn", "unf")
@@ -30,10 +30,8 @@ def make_run(task, opt, steps):
 
     def step(carry, key):
         theta, params, state = carry
-        batch = task.batch(key)
-        loss, grads = jax.value_and_grad(task.loss)(params, batch)
-        updates, state = opt.update(theta, grads, state, params, loss=loss)
-        return (theta, optax.apply_updates(params, updates), state), loss
+        params, state, loss = train_step(task, opt, theta, params, state, key)
+        return (theta, params, state), loss
 
     @jax.jit
     def run(theta, params, state, key):

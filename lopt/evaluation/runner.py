@@ -20,7 +20,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+from lopt.meta.population import train_step
 
 PyTree = Any
 
@@ -73,10 +74,7 @@ def make_run_fn(
         states = jax.vmap(opt.init)(params)
 
         def one_step(theta, params, state, data_key, t):
-            batch = task.batch(jax.random.fold_in(data_key, t), "train")
-            loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            updates, state = opt.update(theta, grads, state, params, loss=loss)
-            return optax.apply_updates(params, updates), state, loss
+            return train_step(task, opt, theta, params, state, jax.random.fold_in(data_key, t))
 
         step_all = jax.vmap(one_step, in_axes=(theta_axis, 0, 0, 0, None))
 

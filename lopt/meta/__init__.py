@@ -4,7 +4,13 @@ from lopt.meta.base import EstimateInfo, Estimator
 from lopt.meta.full_es import FullESState, full_es
 from lopt.meta.objective import MetaObjective, as_objective
 from lopt.meta.pes import PESState, pes, truncated_es
-from lopt.meta.population import ParticleState, StepRecord, Unroller, make_unroller
+from lopt.meta.population import (
+    ParticleState,
+    StepRecord,
+    Unroller,
+    make_unroller,
+    train_step,
+)
 from lopt.meta.schedules import (
     EpisodeSchedule,
     as_schedule,
@@ -46,5 +52,6 @@ __all__ = [
     "pes",
     "schedule_from_config",
     "tbptt",
+    "train_step",
     "truncated_es",
 ]

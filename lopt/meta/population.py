@@ -134,6 +134,20 @@ def group_any(flags: jax.Array, group_size: int) -> jax.Array:
     return flags.reshape(-1, group_size).any(axis=1)
 
 
+def train_step(
+    task: Any, opt: Any, theta: PyTree, params: PyTree, opt_state: Any, key: jax.Array
+) -> tuple[PyTree, Any, jax.Array]:
+    """One inner training step: a training batch from ``key``, loss and gradient, update.
+
+    Returns:
+        ``(params, opt_state, loss)``: the updated params and optimizer state, and the loss
+        of the params the step started from.
+    """
+    loss, grads = jax.value_and_grad(task.loss)(params, task.batch(key, "train"))
+    updates, opt_state = opt.update(theta, grads, opt_state, params, loss=loss)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+
 def make_unroller(
     task: Any,
     opt: Any,
@@ -197,12 +211,9 @@ def make_unroller(
     ) -> tuple[ParticleState, jax.Array, jax.Array]:
         step_key = jax.random.fold_in(particle.data_key, particle.step)
         train_key, test_key = jax.random.split(step_key)
-        batch = task.batch(train_key, "train")
-        loss, grads = jax.value_and_grad(task.loss)(particle.params, batch)
-        updates, opt_state = opt.update(
-            theta, grads, particle.opt_state, particle.params, loss=loss
+        params, opt_state, loss = train_step(
+            task, opt, theta, particle.params, particle.opt_state, train_key
         )
-        params = optax.apply_updates(particle.params, updates)
         if objective.split == "test":
             value = task.loss(particle.params, task.batch(test_key, "test"))
         else:
