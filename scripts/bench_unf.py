@@ -139,25 +139,43 @@ def per_term_network(spec) -> Callable:
     return apply
 
 
-def measure(apply, variables, x, repeats):
-    """Compile and steady-state seconds of forward and of forward+backward."""
+def compile_pair(apply, variables, x):
+    """Compiles forward and forward+backward; returns the executables and compile seconds."""
 
     def loss(v, inputs):
         return sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(apply(v, inputs)))
 
-    results = {}
+    compiled, seconds = {}, {}
     for name, fn in (("fwd", apply), ("fwd+bwd", jax.grad(loss))):
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(variables, x).compile()
-        results[f"{name} compile"] = time.perf_counter() - start
-        jax.block_until_ready(compiled(variables, x))
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(variables, x))
-            times.append(time.perf_counter() - start)
-        results[f"{name} run"] = statistics.median(times)
-    return results
+        compiled[name] = jax.jit(fn).lower(variables, x).compile()
+        seconds[f"{name} compile"] = time.perf_counter() - start
+        jax.block_until_ready(compiled[name](variables, x))
+    return compiled, seconds
+
+
+def measure(candidates, x, repeats):
+    """Steady-state seconds of every candidate, timed round-robin so load hits all alike.
+
+    Args:
+        candidates: name -> (compiled executables by pass, variables).
+        x: the input.
+        repeats: timed calls per candidate and pass.
+
+    Returns:
+        name -> pass -> median seconds.
+    """
+    times = {name: {"fwd": [], "fwd+bwd": []} for name in candidates}
+    for _ in range(repeats):
+        for name, (compiled, variables) in candidates.items():
+            for which, fn in compiled.items():
+                start = time.perf_counter()
+                jax.block_until_ready(fn(variables, x))
+                times[name][which].append(time.perf_counter() - start)
+    return {
+        name: {f"{which} run": statistics.median(values) for which, values in passes.items()}
+        for name, passes in times.items()
+    }
 
 
 def main() -> None:
@@ -176,15 +194,17 @@ def main() -> None:
             "unf": nf.NeuralFunctional(spec, equivariant=WIDTHS),
             "deepsets": nf.NeuralFunctional(spec, pointwise=WIDTHS),
         }
-        stats, counts = {}, {}
+        stats, counts, candidates = {}, {}, {}
         for name, net in nets.items():
             variables = jax.jit(net.init)(key, x)
             counts[name] = sum(p.size for p in jax.tree_util.tree_leaves(variables))
-            stats[name] = measure(net.apply, variables, x, args.repeats)
+            compiled, stats[name] = compile_pair(net.apply, variables, x)
+            candidates[name] = (compiled, variables)
             if name == "unf" and not args.skip_per_term:
-                stats["per-term"] = measure(
-                    per_term_network(spec), variables, x, max(args.repeats // 4, 3)
-                )
+                compiled, stats["per-term"] = compile_pair(per_term_network(spec), variables, x)
+                candidates["per-term"] = (compiled, variables)
+        for name, runs in measure(candidates, x, args.repeats).items():
+            stats[name].update(runs)
         entries = sum(
             s[0] if len(s) == 1 else __import__("math").prod(s)
             for s in jax.tree_util.tree_leaves(

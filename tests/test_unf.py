@@ -23,7 +23,10 @@ from lopt.nf import (
     permute,
     plan_for,
     random_permutations,
+    stacked_plan,
+    term_coefficients,
 )
+from lopt.nf.layers import kernel_blocks
 from lopt.nf.plan import set_partitions
 
 # --- the oracle: Algorithm 1 term by term, from dense indicator tensors -----------------
@@ -65,13 +68,16 @@ def oracle_unf(spec_leaves, xs, params, features, channels):
     """Applies the layer term by term with coefficients read off the fast layer's params."""
     axes_list = [axes for _, axes in spec_leaves]
     shapes = [x.shape[:-1] for x in xs]
-    plan = plan_for_shapes(spec_leaves, xs)
+    spec = {str(i): axes for i, (_, axes) in enumerate(spec_leaves)}
+    tree = {str(i): x for i, x in enumerate(xs)}
+    kernels, all_biases = term_coefficients(spec, tree, params, features)
     outs = []
     for out, (axes_out, x_shape) in enumerate(zip(axes_list, shapes, strict=True)):
         out_ids = tuple(a for a in axes_out if a is not None)
         out_perm_shape = tuple(s for s, a in zip(x_shape, axes_out, strict=True) if a is not None)
         fixed_shape = [s for s, a in zip(x_shape, axes_out, strict=True) if a is None]
-        coefficients, biases = coefficient_table(plan, params, out, channels)
+        coefficients = {key[1:]: value for key, value in kernels.items() if key[0] == out}
+        biases = [(key[1], value) for key, value in all_biases.items() if key[0] == out]
         y = np.zeros((*out_perm_shape, features * math.prod(fixed_shape)))
         for inp, axes_in in enumerate(axes_list):
             in_ids = tuple(a for a in axes_in if a is not None)
@@ -100,28 +106,33 @@ def oracle_unf(spec_leaves, xs, params, features, channels):
     return outs
 
 
-def plan_for_shapes(spec_leaves, xs):
-    spec = {str(i): axes for i, (_, axes) in enumerate(spec_leaves)}
-    tree = {str(i): x for i, x in enumerate(xs)}
-    return plan_for(spec, tree)
-
-
-def coefficient_table(plan, params, out, channels):
-    """Maps each term (input index, partition) to its C_in x C_out block of the fast params."""
-    table, biases = {}, []
-    kernel = np.asarray(params[f"kernel_{out}"])
-    offset = 0
-    for group in plan.groups[out]:
-        for term in group.terms:
-            width = channels * plan.tensors[term.reduction.tensor].fixed_size
-            key = (term.reduction.tensor, term.partition)
-            assert key not in table, "a term appears twice"
-            table[key] = kernel[offset : offset + width]
-            offset += width
-        if group.has_bias:
-            biases.append((group.partition, np.asarray(params[f"bias_{out}"])[len(biases)]))
-    assert offset == kernel.shape[0]
-    return table, biases
+def test_kernel_blocks_tile_every_kernel():
+    spec = {"w": ("a", "b"), "v": ("b",), "u": ("a", None), "v2": ("b",), "w2": ("a", "b")}
+    x = {
+        "w": jnp.ones((3, 4, 2)),
+        "v": jnp.ones((4, 2)),
+        "u": jnp.ones((3, 2, 2)),
+        "v2": jnp.ones((4, 2)),
+        "w2": jnp.ones((3, 4, 2)),
+    }
+    params = UNFLinear(spec, 5).init(jax.random.PRNGKey(0), x)["params"]
+    plan, members = stacked_plan(spec, x)
+    assert sorted(members) == [(0,), (1, 2), (3, 4)]  # leaf order: u, v, v2, w, w2
+    covered = {name: np.zeros(np.shape(p), int) for name, p in params.items()}
+    for out in range(len(plan.tensors)):
+        for _, name, rows, columns in kernel_blocks(plan, out, 2, 5):
+            for term_columns in columns:
+                covered[name][rows, term_columns] += 1
+    for name, count in covered.items():
+        if name.startswith("kernel"):
+            assert (count == 1).all(), name
+    kernels, biases = term_coefficients(spec, x, params, 5)
+    assert sum(block.size for block in kernels.values()) == sum(
+        p.size for name, p in params.items() if name.startswith("kernel")
+    )
+    assert sum(block.size for block in biases.values()) == sum(
+        p.size for name, p in params.items() if name.startswith("bias")
+    )
 
 
 # --- random weight spaces -------------------------------------------------------------
@@ -142,6 +153,8 @@ def weight_spaces(draw, max_tensors=4, max_rank=3):
         axes = tuple(draw(st.sampled_from(IDS)) for _ in range(rank))
         shape = tuple(sizes[a] if a is not None else draw(st.integers(1, 2)) for a in axes)
         tensors.append((axes, shape))
+    if draw(st.booleans()):  # a repeated layout, stacked by the layer
+        tensors.append(tensors[draw(st.integers(0, len(tensors) - 1))])
     if all(all(a is None for a in axes) for axes, _ in tensors):
         tensors.append((("a", "a"), (sizes["a"], sizes["a"])))  # a permuted tensor, repeated id
     return tensors

@@ -3,7 +3,7 @@
 A saved optimizer is one directory::
 
     path/
-      config.json     {"format": "lopt.learned_optimizer", "format_version": 1,
+      config.json     {"format": "lopt.learned_optimizer", "format_version": 2,
                        "name": "unf", "hyperparameters": {...}}
       theta.msgpack   the meta-parameters, a msgpack of nested dicts of numpy arrays
 
@@ -33,7 +33,12 @@ from lopt.nf import spec as nfspec
 PyTree = Any
 
 FORMAT = "lopt.learned_optimizer"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+UNF_LAYOUT_VERSION = 2
+"""The first format whose UNF layers keep one kernel per shared source (and stack leaves
+of equal axes); files of older formats with such layers cannot be read."""
+UNF_BACKBONES = ("unf", "unf_deep", "nfn")
+"""Optimizers whose update network has UNF (or NFN) layers."""
 CONFIG_FILE = "config.json"
 THETA_FILE = "theta.msgpack"
 
@@ -124,6 +129,12 @@ def read_config(path: str | os.PathLike) -> dict:
     if name not in OPTIMIZERS:
         raise SavedOptimizerError(
             f"{config_path} names unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}"
+        )
+    if version < UNF_LAYOUT_VERSION and name in UNF_BACKBONES:
+        raise SavedOptimizerError(
+            f"{config_path} has format version {version}: its {name!r} network stores UNF "
+            f"kernels per output tensor, which this lopt (format {FORMAT_VERSION}) replaced "
+            "by one kernel per shared source; meta-train it again with this version"
         )
     if not isinstance(hyper, dict):
         raise SavedOptimizerError(f"{config_path}: hyperparameters must be a JSON object")

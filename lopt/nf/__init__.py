@@ -8,6 +8,8 @@ from lopt.nf.layers import (
     UNFLinear,
     nfn_spec,
     plan_for,
+    stacked_plan,
+    term_coefficients,
     to_matrix,
 )
 from lopt.nf.plan import Plan, bell, compile_plan, count_terms
@@ -51,7 +53,9 @@ __all__ = [
     "permute",
     "plan_for",
     "random_permutations",
+    "stacked_plan",
     "symmetry_ids",
+    "term_coefficients",
     "to_matrix",
     "validate",
     "with_channel_axis",

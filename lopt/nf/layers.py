@@ -53,6 +53,41 @@ def plan_for(spec: nfspec.Spec, x: PyTree) -> Plan:
     )
 
 
+Members = tuple[tuple[int, ...], ...]
+"""For each tensor of a stacked plan, the indices of the leaves stacked into it."""
+
+
+def stacked_plan(spec: nfspec.Spec, x: PyTree) -> tuple[Plan, Members]:
+    """The plan :class:`UNFLinear` runs: leaves of equal axes and shape stacked into one.
+
+    Leaves with the same spec tuple and no fixed axes (so the same shape: the layer norms
+    and biases along a transformer's residual stream, a block's query and key) are stacked
+    along a new leading axis that no permutation acts on. Which leaves stack depends on
+    the spec alone, so the layer's parameter names do too. The maximal layer over the
+    stacked space is the same function class with the same parameter count (a fixed axis
+    is mixed densely over channels, exactly the per-pair terms between its members), but
+    it runs each reduction, matmul and embedding once per stack instead of once per leaf.
+
+    Returns:
+        The plan over the stacked tensors and, per stacked tensor, its leaf indices.
+    """
+    nfspec.validate(spec, x, channel_axis=True)
+    leaves = nfspec.spec_leaves_with_paths(spec)
+    shapes = [tuple(tensor.shape[:-1]) for tensor in jax.tree_util.tree_leaves(x)]
+    by_layout: dict[tuple, list[int]] = {}
+    for index, ((_, axes), shape) in enumerate(zip(leaves, shapes, strict=True)):
+        key = (axes, shape) if None not in axes else (axes, shape, index)
+        by_layout.setdefault(key, []).append(index)
+    paths, all_axes, all_shapes = [], [], []
+    for (axes, shape, *_), members in by_layout.items():
+        stacked = len(members) > 1
+        paths.append(" + ".join(leaves[index][0] for index in members))
+        all_axes.append((None, *axes) if stacked else axes)
+        all_shapes.append((len(members), *shape) if stacked else shape)
+    plan = compile_plan(tuple(paths), tuple(all_axes), tuple(all_shapes))
+    return plan, tuple(tuple(members) for members in by_layout.values())
+
+
 def _fold(tensor: Array, layout: TensorLayout) -> Array:
     """``(*shape, C) -> (*permuted_shape, F * C)``: fixed axes join the channels."""
     if not layout.fixed:
@@ -282,6 +317,114 @@ def _embed_sum_bwd(placements, shape, residual, g):
 _embed_sum.defvjp(_embed_sum_fwd, _embed_sum_bwd)
 
 
+def _stack(leaves: Sequence[Array], indices: Sequence[int]) -> Array:
+    if len(indices) == 1:
+        return leaves[indices[0]]
+    return jnp.stack([leaves[index] for index in indices])
+
+
+def _unstack(stacked: Sequence[Array], members: Members) -> list[Array]:
+    """Per-leaf arrays, in leaf order, from the stacked tensors' arrays."""
+    leaves: dict[int, Array] = {}
+    for value, indices in zip(stacked, members, strict=True):
+        if len(indices) == 1:
+            leaves[indices[0]] = value
+        else:
+            leaves.update((index, value[position]) for position, index in enumerate(indices))
+    return [leaves[index] for index in range(len(leaves))]
+
+
+def kernel_name(source: int) -> str:
+    """Name of the kernel parameter of a plan source."""
+    return f"kernel_source_{source}"
+
+
+def kernel_blocks(
+    plan: Plan, out: int, in_channels: int, features: int
+) -> list[tuple[Group, str, slice, list[slice]]]:
+    """Where the coefficients of output tensor ``out`` sit in a :class:`UNFLinear`'s params.
+
+    Each source has one kernel, stored ``(out, in)``: its rows are the output channels of
+    the groups that read the source, one block after the other (in
+    :attr:`Plan.source_users` order); its columns are the source's reductions' channels.
+
+    Returns:
+        For each group of ``out``: the group, its kernel's parameter name, the group's
+        rows in it, and the columns of each of its terms (in ``group.terms`` order).
+    """
+    blocks = []
+    for index, group in enumerate(plan.groups[out]):
+        users = plan.source_users[group.source]
+        heights = [features * plan.tensors[user].fixed_size for user, _ in users]
+        position = users.index((out, index))
+        start = sum(heights[:position])
+        columns, column = [], 0
+        for term in group.terms:
+            width = in_channels * plan.tensors[term.reduction.tensor].fixed_size
+            columns.append(slice(column, column + width))
+            column += width
+        blocks.append(
+            (group, kernel_name(group.source), slice(start, start + heights[position]), columns)
+        )
+    return blocks
+
+
+def term_coefficients(
+    spec: nfspec.Spec, x: PyTree, params: PyTree, features: int
+) -> tuple[dict[tuple, Array], dict[tuple, Array]]:
+    """Every basis term's coefficients in a :class:`UNFLinear`'s params, per leaf pair.
+
+    Args:
+        spec: the layer's spec.
+        x: a feature tree the layer accepts (only shapes are read).
+        params: the layer's ``params`` collection.
+        features: the layer's output channels.
+
+    Returns:
+        ``kernels[(out_leaf, in_leaf, partition)]``: the ``(F_in C_in, F_out features)``
+        channel map of the basis term named by its valid partition (``F``: the product of
+        a leaf's fixed axes, folded into channels); ``biases[(out_leaf, out_partition)]``:
+        the ``(F_out features,)`` bias of each partition of the output leaf's axes.
+    """
+    plan, members = stacked_plan(spec, x)
+    in_channels = jax.tree_util.tree_leaves(x)[0].shape[-1]
+
+    def part(block: slice, position: int, count: int) -> slice:
+        width = (block.stop - block.start) // count
+        return slice(block.start + position * width, block.start + (position + 1) * width)
+
+    kernels, biases = {}, {}
+    for out, out_members in enumerate(members):
+        bias_row = 0
+        for group, name, rows, columns in kernel_blocks(plan, out, in_channels, features):
+            for out_position, out_leaf in enumerate(out_members):
+                out_rows = part(rows, out_position, len(out_members))
+                for term, term_columns in zip(group.terms, columns, strict=True):
+                    in_members = members[term.reduction.tensor]
+                    for in_position, in_leaf in enumerate(in_members):
+                        in_columns = part(term_columns, in_position, len(in_members))
+                        key = (out_leaf, in_leaf, term.partition)
+                        kernels[key] = params[name][out_rows, in_columns].T
+                if group.has_bias and f"bias_{out}" in params:
+                    bias_columns = part(
+                        slice(0, params[f"bias_{out}"].shape[-1]), out_position, len(out_members)
+                    )
+                    biases[(out_leaf, group.partition)] = params[f"bias_{out}"][
+                        bias_row, bias_columns
+                    ]
+            bias_row += group.has_bias
+    return kernels, biases
+
+
+def _scaled_normal(stddevs: np.ndarray) -> Callable:
+    """A normal initializer with one standard deviation per row."""
+
+    def init(key: Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> Array:
+        return jax.random.normal(key, shape, dtype) * jnp.asarray(stddevs, dtype)[:, None]
+
+    return init
+
+
 class UNFLinear(nn.Module):
     """The maximal permutation-equivariant linear layer over a weight space.
 
@@ -290,6 +433,10 @@ class UNFLinear(nn.Module):
     ranges over the valid partitions of the permuted axes of ``ℓ`` and ``m`` and ``Q``
     over the partitions of the axes of ``ℓ`` (the equivariant constants). Axes whose id is
     ``None`` are folded into the channels.
+
+    Parameters: one kernel per plan source (``kernel_source_<s>``, its users' ``Θ`` blocks
+    stacked, see :func:`kernel_blocks`), so every matmul reads its kernel as stored;
+    one bias per output tensor (``bias_<ℓ>``, a row per output partition).
 
     Attributes:
         spec: the permutation spec of the weight space.
@@ -314,9 +461,12 @@ class UNFLinear(nn.Module):
         Returns:
             The same structure; leaves ``(*tensor_shape, features)``.
         """
-        plan = plan_for(self.spec, x)
+        plan, members = stacked_plan(self.spec, x)
         leaves, treedef = jax.tree_util.tree_flatten(x)
-        folded = [_fold(leaf, layout) for leaf, layout in zip(leaves, plan.tensors, strict=True)]
+        folded = [
+            _fold(_stack(leaves, indices), layout)
+            for indices, layout in zip(members, plan.tensors, strict=True)
+        ]
         cache = _all_reductions(folded, plan)
 
         def reduced(reduction: Reduction) -> Array:
@@ -332,61 +482,55 @@ class UNFLinear(nn.Module):
             jnp.concatenate([reduced(reduction) for reduction in source], axis=-1)
             for source in plan.sources
         ]
-        # Kernel rows of every group, gathered per source: groups of different output
-        # tensors that read one source share one matmul (their kernels side by side).
-        users: list[list[tuple[int, int, Array]]] = [[] for _ in sources]
-        biases = []
-        for out_index, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
-            out_channels = self.features * layout.fixed_size
-            widths = [sources[group.source].shape[-1] for group in groups]
-            # One kernel per output tensor, its rows split between groups: one RNG draw
-            # per tensor keeps init cheap to compile for weight spaces with many tensors.
-            kernel = self.param(
-                f"kernel_{out_index}",
-                nn.initializers.normal(stddev=math.sqrt(self.kernel_scale / sum(widths))),
-                (sum(widths), out_channels),
-                jnp.float32,
-            )
-            offsets = np.cumsum([0, *widths]).tolist()
-            for group_index, group in enumerate(groups):
-                rows = kernel[offsets[group_index] : offsets[group_index + 1]]
-                users[group.source].append((out_index, group_index, rows))
-            num_bias = sum(group.has_bias for group in groups)
-            biases.append(
-                self.param(
-                    f"bias_{out_index}",
-                    nn.initializers.zeros,
-                    (num_bias, out_channels),
-                    jnp.float32,
-                )
-                if self.use_bias
-                else None
-            )
+        out_channels = [self.features * layout.fixed_size for layout in plan.tensors]
+        fan_in = [
+            sum(sources[group.source].shape[-1] for group in groups) for groups in plan.groups
+        ]
 
         results: dict[tuple[int, int], Array] = {}
-        for source, source_users in zip(sources, users, strict=True):
-            kernel = jnp.concatenate([rows for _, _, rows in source_users], axis=1)
-            product = source @ kernel.astype(source.dtype)
-            splits = np.cumsum([rows.shape[1] for _, _, rows in source_users])[:-1].tolist()
-            for (out_index, group_index, _), part in zip(
-                source_users, jnp.split(product, splits, axis=-1), strict=True
-            ):
-                results[(out_index, group_index)] = part
+        for index, (source, users) in enumerate(zip(sources, plan.source_users, strict=True)):
+            stddevs = np.concatenate(
+                [
+                    np.full(out_channels[out], math.sqrt(self.kernel_scale / fan_in[out]))
+                    for out, _ in users
+                ]
+            )
+            kernel = self.param(
+                kernel_name(index),
+                _scaled_normal(stddevs.astype(np.float32)),
+                (len(stddevs), source.shape[-1]),
+                jnp.float32,
+            )
+            # kernel stored (out, in): its gradient then needs no transposing copy
+            product = jax.lax.dot_general(
+                source, kernel.astype(source.dtype), (((source.ndim - 1,), (1,)), ((), ()))
+            )
+            splits = np.cumsum([out_channels[out] for out, _ in users])[:-1].tolist()
+            for user, part in zip(users, jnp.split(product, splits, axis=-1), strict=True):
+                results[user] = part
 
         outputs = []
-        for out_index, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
+        for out, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
+            bias = None
+            if self.use_bias:
+                bias = self.param(
+                    f"bias_{out}",
+                    nn.initializers.zeros,
+                    (sum(group.has_bias for group in groups), out_channels[out]),
+                    jnp.float32,
+                )
             zs = []
             bias_index = 0
             for group_index, group in enumerate(groups):
-                z = results[(out_index, group_index)]
-                if biases[out_index] is not None and group.has_bias:
-                    z = z + biases[out_index][bias_index].astype(z.dtype)
+                z = results[(out, group_index)]
+                if bias is not None and group.has_bias:
+                    z = z + bias[bias_index].astype(z.dtype)
                     bias_index += 1
                 zs.append(z)
             placements = tuple(_placement(group, layout) for group in groups)
             total = _embed_sum(tuple(zs), placements, layout.permuted_shape)
             outputs.append(_unfold(total, layout, self.features))
-        return jax.tree_util.tree_unflatten(treedef, outputs)
+        return jax.tree_util.tree_unflatten(treedef, _unstack(outputs, members))
 
 
 def to_matrix(x: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:

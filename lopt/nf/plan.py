@@ -170,6 +170,19 @@ class Plan:
                     seen.setdefault(_canonical(term.reduction), None)
         return tuple(seen)
 
+    @functools.cached_property
+    def source_users(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per source, the ``(output tensor, group index)`` pairs that read it, in order.
+
+        The layer keeps one kernel per source whose columns are the users' channel maps
+        side by side, in this order, so one matmul serves every group reading the source.
+        """
+        users: list[list[tuple[int, int]]] = [[] for _ in self.sources]
+        for out, groups in enumerate(self.groups):
+            for index, group in enumerate(groups):
+                users[group.source].append((out, index))
+        return tuple(tuple(entries) for entries in users)
+
     def num_terms(self, out: int, inp: int) -> int:
         return sum(
             1 for group in self.groups[out] for term in group.terms if term.reduction.tensor == inp

@@ -15,7 +15,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.nf.layers import _fold, _place, _placement, _reduce, _unfold, plan_for
+from lopt.nf.layers import (
+    _fold,
+    _place,
+    _placement,
+    _reduce,
+    _stack,
+    _unfold,
+    _unstack,
+    kernel_blocks,
+    stacked_plan,
+)
 
 PyTree = Any
 
@@ -33,18 +43,21 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
     Returns:
         The layer's output, leaves ``(*tensor_shape, features)``.
     """
-    plan = plan_for(spec, x)
+    plan, members = stacked_plan(spec, x)
     leaves, treedef = jax.tree_util.tree_flatten(x)
-    folded = [_fold(leaf, layout) for leaf, layout in zip(leaves, plan.tensors, strict=True)]
+    folded = [
+        _fold(_stack(leaves, indices), layout)
+        for indices, layout in zip(members, plan.tensors, strict=True)
+    ]
+    in_channels = leaves[0].shape[-1]
     outputs = []
-    for out_index, (layout, groups) in enumerate(zip(plan.tensors, plan.groups, strict=True)):
-        kernel = params[f"kernel_{out_index}"]
+    for out_index, layout in enumerate(plan.tensors):
         bias = params.get(f"bias_{out_index}")
         out_channels = features * layout.fixed_size
         total = jnp.zeros((*layout.permuted_shape, out_channels), folded[0].dtype)
-        row, bias_row = 0, 0
-        for group in groups:
-            for term in group.terms:
+        bias_row = 0
+        for group, name, rows, columns in kernel_blocks(plan, out_index, in_channels, features):
+            for term, term_columns in zip(group.terms, columns, strict=True):
                 reduction = term.reduction
                 source = plan.tensors[reduction.tensor]
                 kept = tuple(sorted(reduction.kept))
@@ -55,19 +68,15 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
                 )
                 order = [kept.index(block) for block in reduction.kept]
                 reduced = jnp.transpose(reduced, (*order, reduced.ndim - 1))
-                width = reduced.shape[-1]
-                z = reduced @ kernel[row : row + width]
-                row += width
+                z = reduced @ params[name][rows, term_columns].T
                 total = total + _place(z, _placement(group, layout), layout.permuted_shape)
             if bias is not None and group.has_bias:
                 total = total + _place(
                     bias[bias_row], _placement(group, layout), layout.permuted_shape
                 )
                 bias_row += 1
-        if row != kernel.shape[0]:
-            raise ValueError(f"params do not match the plan of tensor {layout.path}")
         outputs.append(_unfold(total, layout, features))
-    return jax.tree_util.tree_unflatten(treedef, outputs)
+    return jax.tree_util.tree_unflatten(treedef, _unstack(outputs, members))
 
 
 def parameter_count(params: PyTree) -> int:
