@@ -155,7 +155,9 @@ def compile_pair(apply, variables, x):
 
 
 def measure(candidates, x, repeats):
-    """Steady-state seconds of every candidate, timed round-robin so load hits all alike.
+    """Steady-state seconds of every candidate, timed in alternating blocks of calls.
+
+    Alternating blocks let machine load hit every candidate alike.
 
     Args:
         candidates: name -> (compiled executables by pass, variables).
@@ -166,12 +168,14 @@ def measure(candidates, x, repeats):
         name -> pass -> median seconds.
     """
     times = {name: {"fwd": [], "fwd+bwd": []} for name in candidates}
-    for _ in range(repeats):
+    block = 5  # calls in a row, so one candidate's working set does not start each timing cold
+    for _ in range(max(repeats // block, 1)):
         for name, (compiled, variables) in candidates.items():
             for which, fn in compiled.items():
-                start = time.perf_counter()
-                jax.block_until_ready(fn(variables, x))
-                times[name][which].append(time.perf_counter() - start)
+                for _ in range(block):
+                    start = time.perf_counter()
+                    jax.block_until_ready(fn(variables, x))
+                    times[name][which].append(time.perf_counter() - start)
     return {
         name: {f"{which} run": statistics.median(values) for which, values in passes.items()}
         for name, passes in times.items()

@@ -23,8 +23,10 @@ from lopt.nf import (
     permute,
     plan_for,
     random_permutations,
+    stack_features,
     stacked_plan,
     term_coefficients,
+    unstack_features,
 )
 from lopt.nf.layers import kernel_blocks
 from lopt.nf.plan import set_partitions
@@ -411,3 +413,28 @@ def test_per_term_reference_equals_fast_layer():
     fast = jax.jit(layer.apply)({"params": params}, x)
     slow = jax.jit(lambda p, inputs: per_term_apply(spec, p, inputs, 3))(params, x)
     assert max_abs_diff(fast, slow) < 1e-4
+
+
+def test_layers_pass_stacked_features_along():
+    spec = {"a": ("d",), "b": ("d",), "w": ("d", "h"), "v": ("d", "h"), "u": ("h",)}
+    keys = jax.random.split(jax.random.PRNGKey(0), 5)
+    shapes = {"a": (4,), "b": (4,), "w": (4, 3), "v": (4, 3), "u": (3,)}
+    x = {
+        name: jax.random.normal(key, (*shape, 2))
+        for key, (name, shape) in zip(keys, shapes.items(), strict=True)
+    }
+    stacked = stack_features(spec, x)
+    assert len(stacked.tensors) == 3  # (a, b), (v, w), u
+    np.testing.assert_array_equal(unstack_features(stacked)["w"], x["w"])
+
+    layer = UNFLinear(spec, 3)
+    variables = layer.init(jax.random.PRNGKey(1), x)
+    from_tree = layer.apply(variables, x)
+    from_stacked = layer.apply(variables, stacked)
+    assert isinstance(from_stacked, type(stacked))
+    for name in spec:
+        np.testing.assert_allclose(unstack_features(from_stacked)[name], from_tree[name], 1e-6)
+
+    other = {**spec, "u": ("d",)}
+    with pytest.raises(ValueError, match="another spec"):
+        UNFLinear(other, 3).init(jax.random.PRNGKey(1), stacked)

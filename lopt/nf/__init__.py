@@ -5,12 +5,15 @@ from lopt.nf.layers import (
     InvariantPool,
     NeuralFunctional,
     PointwiseDense,
+    StackedFeatures,
     UNFLinear,
     nfn_spec,
     plan_for,
+    stack_features,
     stacked_plan,
     term_coefficients,
     to_matrix,
+    unstack_features,
 )
 from lopt.nf.plan import Plan, bell, compile_plan, count_terms
 from lopt.nf.spec import (
@@ -39,6 +42,7 @@ __all__ = [
     "PointwiseDense",
     "Spatial",
     "SpecError",
+    "StackedFeatures",
     "UNFLinear",
     "bell",
     "compile_plan",
@@ -53,10 +57,12 @@ __all__ = [
     "permute",
     "plan_for",
     "random_permutations",
+    "stack_features",
     "stacked_plan",
     "symmetry_ids",
     "term_coefficients",
     "to_matrix",
+    "unstack_features",
     "validate",
     "with_channel_axis",
 ]

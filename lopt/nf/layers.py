@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -334,6 +335,52 @@ def _unstack(stacked: Sequence[Array], members: Members) -> list[Array]:
     return [leaves[index] for index in range(len(leaves))]
 
 
+@flax.struct.dataclass
+class StackedFeatures:
+    """A feature tree in the layout :class:`UNFLinear` computes in (see :func:`stacked_plan`).
+
+    Build it with :func:`stack_features`, read it back with :func:`unstack_features`. A
+    stack of equivariant layers (and the activations between them, which map over it as a
+    pytree) passes it along, so leaves are stacked once, not once per layer.
+
+    Attributes:
+        tensors: per stacked tensor ``(members, *shape, C)`` (``(*shape, C)`` for a leaf of
+            its own), in the plan's order.
+        plan: the plan over the stacked tensors.
+        members: per stacked tensor, the leaf indices it holds.
+        treedef: the structure of the feature tree.
+        spec_axes: every leaf's spec tuple, to check a layer's spec against.
+    """
+
+    tensors: tuple[Array, ...]
+    plan: Plan = flax.struct.field(pytree_node=False)
+    members: Members = flax.struct.field(pytree_node=False)
+    treedef: Any = flax.struct.field(pytree_node=False)
+    spec_axes: tuple = flax.struct.field(pytree_node=False)
+
+
+def _spec_axes(spec: nfspec.Spec) -> tuple:
+    return tuple(axes for _, axes in nfspec.spec_leaves_with_paths(spec))
+
+
+def stack_features(spec: nfspec.Spec, x: PyTree) -> StackedFeatures:
+    """Validates ``x`` against ``spec`` and stacks its leaves of equal axes."""
+    plan, members = stacked_plan(spec, x)
+    leaves, treedef = jax.tree_util.tree_flatten(x)
+    return StackedFeatures(
+        tensors=tuple(_stack(leaves, indices) for indices in members),
+        plan=plan,
+        members=members,
+        treedef=treedef,
+        spec_axes=_spec_axes(spec),
+    )
+
+
+def unstack_features(stacked: StackedFeatures) -> PyTree:
+    """The feature tree held by ``stacked``."""
+    return jax.tree_util.tree_unflatten(stacked.treedef, _unstack(stacked.tensors, stacked.members))
+
+
 def kernel_name(source: int) -> str:
     """Name of the kernel parameter of a plan source."""
     return f"kernel_source_{source}"
@@ -456,16 +503,22 @@ class UNFLinear(nn.Module):
         """Applies the layer.
 
         Args:
-            x: feature tree matching ``spec``; leaves ``(*tensor_shape, C_in)``.
+            x: feature tree matching ``spec``; leaves ``(*tensor_shape, C_in)``; or the
+                same as :class:`StackedFeatures` (from :func:`stack_features` with ``spec``).
 
         Returns:
-            The same structure; leaves ``(*tensor_shape, features)``.
+            The same structure (stacked if ``x`` was); leaves ``(*tensor_shape, features)``.
         """
-        plan, members = stacked_plan(self.spec, x)
-        leaves, treedef = jax.tree_util.tree_flatten(x)
+        stacked = x if isinstance(x, StackedFeatures) else stack_features(self.spec, x)
+        if stacked.spec_axes != _spec_axes(self.spec):
+            raise ValueError(
+                "the stacked features were built for another spec than this layer's "
+                f"(spec tuples {stacked.spec_axes} vs {_spec_axes(self.spec)})"
+            )
+        plan = stacked.plan
         folded = [
-            _fold(_stack(leaves, indices), layout)
-            for indices, layout in zip(members, plan.tensors, strict=True)
+            _fold(tensor, layout)
+            for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True)
         ]
         cache = _all_reductions(folded, plan)
 
@@ -530,7 +583,8 @@ class UNFLinear(nn.Module):
             placements = tuple(_placement(group, layout) for group in groups)
             total = _embed_sum(tuple(zs), placements, layout.permuted_shape)
             outputs.append(_unfold(total, layout, self.features))
-        return jax.tree_util.tree_unflatten(treedef, _unstack(outputs, members))
+        result = stacked.replace(tensors=tuple(outputs))
+        return result if isinstance(x, StackedFeatures) else unstack_features(result)
 
 
 def to_matrix(x: PyTree) -> tuple[Array, Callable[[Array], PyTree]]:
@@ -642,6 +696,11 @@ class NeuralFunctional(nn.Module):
             raise ValueError("a neural functional needs at least one layer")
         last = len(widths) - 1
         layer = 0
+        spec = nfn_spec(self.spec) if self.kind == "nfn" else self.spec
+        if self.equivariant:
+            # stacked once, before the pointwise layers: they then produce the stacked
+            # tensors directly, and no equivariant layer stacks or unstacks
+            x = stack_features(spec, x)
         if self.pointwise:
             matrix, from_matrix = to_matrix(x)
             for width in self.pointwise:
@@ -650,13 +709,12 @@ class NeuralFunctional(nn.Module):
                     matrix = self.activation(matrix)
                 layer += 1
             x = from_matrix(matrix)
-        spec = nfn_spec(self.spec) if self.kind == "nfn" else self.spec
         for width in self.equivariant:
             x = UNFLinear(spec, width, use_bias=self.use_bias, name=f"equivariant_{layer}")(x)
             if layer < last:
                 x = jax.tree_util.tree_map(self.activation, x)
             layer += 1
-        return x
+        return unstack_features(x) if isinstance(x, StackedFeatures) else x
 
 
 class InvariantNetwork(nn.Module):
