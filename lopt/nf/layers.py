@@ -109,6 +109,19 @@ def _unfold(tensor: Array, layout: TensorLayout, features: int) -> Array:
     return jnp.transpose(expanded, (*inverse, len(order)))
 
 
+def _materialize(x: Array) -> Array:
+    """``x``, computed once: the product with an identity matrix over channels.
+
+    A layer's input is read in several shapes (one per axis it is reduced over, and flat
+    for the full-size matmul). XLA's CPU fusion copies a cheap elementwise producer (the
+    previous layer's sum of broadcasts and activation) into every consumer of another
+    shape, so without this the previous layer's output is recomputed once per reading, in
+    strided loops. A matmul is never fused into its consumers: its output is one buffer
+    every reading shares. Measured on the CNN weight space: forward 13x -> 6x Deep Sets.
+    """
+    return x @ jnp.eye(x.shape[-1], dtype=x.dtype)
+
+
 def sum_axes(x: Array, axes: Sequence[int]) -> Array:
     """Sums ``x`` over ``axes`` with batched dots against ones.
 
@@ -519,6 +532,10 @@ class UNFLinear(nn.Module):
         folded = [
             _fold(tensor, layout)
             for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True)
+        ]
+        folded = [
+            _materialize(tensor) if len(layout.ids) > 1 else tensor
+            for tensor, layout in zip(folded, plan.tensors, strict=True)
         ]
         cache = _all_reductions(folded, plan)
 
