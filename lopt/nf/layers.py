@@ -122,20 +122,22 @@ def _materialize(x: Array) -> Array:
     return x @ jnp.eye(x.shape[-1], dtype=x.dtype)
 
 
-def sum_axes(x: Array, axes: Sequence[int]) -> Array:
-    """Sums ``x`` over ``axes`` with batched dots against ones.
+def sum_axes(x: Array, axes: Sequence[int], scale: float = 1.0) -> Array:
+    """Sums ``x`` over ``axes``, times ``scale``, with batched dots against constants.
 
     XLA's CPU reductions are slow when a small reduced extent meets a large kept minor
     extent (summing the 3x3 taps of a conv kernel's features ran ~50x slower than this),
     and the gradient of a broadcast is such a reduction. A dot whose batch and contracted
-    axes lead needs no transposes, and its transpose (the gradient) is a broadcast.
+    axes lead needs no transposes, and its transpose (the gradient) is a broadcast. The
+    scale rides in the constant, so a mean costs no separate kernel.
 
     Args:
         x: any array.
         axes: axes to sum over; runs of adjacent axes are summed as one.
+        scale: factor applied to the sum (``1 / count`` for a mean).
 
     Returns:
-        ``x`` without ``axes``.
+        ``scale`` times the sum of ``x`` over ``axes``, without those axes.
     """
     runs: list[list[int]] = []
     for axis in sorted(set(axes)):
@@ -143,12 +145,14 @@ def sum_axes(x: Array, axes: Sequence[int]) -> Array:
             runs[-1][1] = axis + 1
         else:
             runs.append([axis, axis + 1])
-    for start, stop in reversed(runs):
+    if not runs:
+        return x * scale if scale != 1.0 else x
+    for index, (start, stop) in enumerate(reversed(runs)):
         shape = x.shape
         outer, inner = math.prod(shape[:start]), math.prod(shape[start:stop])
         grouped = x.reshape(outer, inner, math.prod(shape[stop:]))
-        ones = jnp.ones((outer, inner), x.dtype)
-        summed = jax.lax.dot_general(ones, grouped, (((1,), (1,)), ((0,), (0,))))
+        weights = jnp.full((outer, inner), scale if index == 0 else 1.0, x.dtype)
+        summed = jax.lax.dot_general(weights, grouped, (((1,), (1,)), ((0,), (0,))))
         x = summed.reshape(shape[:start] + shape[stop:])
     return x
 
@@ -177,7 +181,7 @@ def _reduce(tensor: Array, reduction: Reduction, layout: TensorLayout) -> Array:
     if not averaged:
         return tensor
     count = math.prod(layout.permuted_shape[reduction.partition[i][0]] for i in averaged)
-    return sum_axes(tensor, averaged) / count
+    return sum_axes(tensor, averaged, 1.0 / count)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -226,8 +230,7 @@ def _all_reductions(folded: Sequence[Array], plan: Plan) -> dict[Reduction, Arra
         remaining = [axis for axis in range(len(layout.ids)) if axis not in base_averaged]
         todo = sorted(averaged - base_averaged)
         count = math.prod(layout.permuted_shape[axis] for axis in todo)
-        summed = sum_axes(base, [remaining.index(axis) for axis in todo])
-        done[reduction] = summed / count if count != 1 else summed
+        done[reduction] = sum_axes(base, [remaining.index(axis) for axis in todo], 1.0 / count)
     return done
 
 
