@@ -305,6 +305,10 @@ def _embed_sum_fwd(zs, placements, shape):
 
 def _embed_sum_bwd(placements, shape, residual, g):
     del residual
+    if len(shape) > 1:
+        # read in several shapes below: computed once (the activation's derivative
+        # recomputes the forward sum of broadcasts), see _materialize
+        g = _materialize(g)
     # Sums of the cotangent over axis sets, each computed from the largest cached sum
     # over a subset: few reductions read the full-size cotangent, so XLA duplicates its
     # fused producer into few consumers.
