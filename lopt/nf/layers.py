@@ -503,7 +503,7 @@ class UNFLinear(nn.Module):
 
     Parameters: one kernel per plan source (``kernel_source_<s>``, its users' ``Θ`` blocks
     stacked, see :func:`kernel_blocks`), so every matmul reads its kernel as stored;
-    one bias per output tensor (``bias_<ℓ>``, a row per output partition).
+    one bias per tensor of the stacked plan (``bias_<t>``, a row per output partition).
 
     Attributes:
         spec: the permutation spec of the weight space.
