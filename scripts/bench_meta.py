@@ -32,6 +32,7 @@ import lopt.tasks as tasks
 from lopt.meta.base import broadcast_theta
 
 TASKS = ("mlp_digits", "transformer_text")
+ESTIMATORS = ("pes", "tbptt", "full_es")
 
 
 def estimators(pairs: int, truncation: int, sigma: float) -> dict[str, meta.Estimator]:
@@ -113,8 +114,8 @@ def main() -> None:
     parser.add_argument(
         "--estimators",
         nargs="+",
-        default=["pes", "tbptt", "full_es"],
-        choices=["pes", "tbptt", "full_es"],
+        default=list(ESTIMATORS),
+        choices=ESTIMATORS,
     )
     parser.add_argument("--pairs", type=int, default=8, help="antithetic pairs P")
     parser.add_argument("--truncation", type=int, default=20, help="inner steps K per estimate")

@@ -137,8 +137,11 @@ def _global_norm(tree: PyTree) -> jax.Array:
     return jnp.where(jnp.isfinite(largest), safe * jnp.sqrt(total), largest)
 
 
-def _flat_view(theta: PyTree, unroller: Unroller) -> tuple[jax.Array, Unroller]:
-    """Theta as one vector, and the unroller that takes such vectors (one per particle).
+def _flat_view(
+    theta: PyTree, unroller: Unroller
+) -> tuple[jax.Array, Callable[[jax.Array], PyTree], Unroller]:
+    """Theta as one vector, the map back to its pytree, and the unroller that takes such
+    vectors (one per particle).
 
     Estimators then sample, perturb, accumulate and combine one array instead of one per
     leaf of theta: for update networks with dozens of parameter tensors that removes
@@ -149,7 +152,7 @@ def _flat_view(theta: PyTree, unroller: Unroller) -> tuple[jax.Array, Unroller]:
     def unroll(thetas: jax.Array, *args: Any, **kwargs: Any):
         return unroller.unroll(jax.vmap(unravel)(thetas), *args, **kwargs)
 
-    return flat, unroller._replace(unroll=unroll)
+    return flat, unravel, unroller._replace(unroll=unroll)
 
 
 def _select(flag: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
@@ -198,7 +201,7 @@ def make_meta_trainer(
         theta_key, estimator_key = jax.random.split(raw_key(key))
         if theta is None:
             theta = _initial_theta(opt, task, theta_key)
-        flat_theta, flat_unroller = _flat_view(theta, unroller)
+        flat_theta, _, flat_unroller = _flat_view(theta, unroller)
         return MetaState(
             theta=theta,
             outer_state=outer_opt.init(theta),
@@ -207,11 +210,11 @@ def make_meta_trainer(
         )
 
     def step(state: MetaState) -> tuple[MetaState, dict[str, jax.Array]]:
-        flat_theta, flat_unroller = _flat_view(state.theta, unroller)
+        flat_theta, unravel, flat_unroller = _flat_view(state.theta, unroller)
         flat_grad, estimator_state, info = estimator.estimate(
             flat_theta, state.estimator_state, flat_unroller
         )
-        grad = jax.flatten_util.ravel_pytree(state.theta)[1](flat_grad)
+        grad = unravel(flat_grad)
         grad_finite = _all_finite(grad)
         safe_grad = _select(grad_finite, grad, jax.tree.map(jnp.zeros_like, grad))
         updates, outer_state = outer_opt.update(safe_grad, state.outer_state, state.theta)

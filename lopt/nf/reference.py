@@ -20,11 +20,10 @@ from lopt.nf.layers import (
     _place,
     _placement,
     _reduce,
-    _stack,
     _unfold,
-    _unstack,
     kernel_blocks,
-    stacked_plan,
+    stack_features,
+    unstack_features,
 )
 
 PyTree = Any
@@ -43,13 +42,12 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
     Returns:
         The layer's output, leaves ``(*tensor_shape, features)``.
     """
-    plan, members = stacked_plan(spec, x)
-    leaves, treedef = jax.tree_util.tree_flatten(x)
+    stacked = stack_features(spec, x)
+    plan = stacked.plan
     folded = [
-        _fold(_stack(leaves, indices), layout)
-        for indices, layout in zip(members, plan.tensors, strict=True)
+        _fold(tensor, layout) for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True)
     ]
-    in_channels = leaves[0].shape[-1]
+    in_channels = stacked.tensors[0].shape[-1]
     outputs = []
     for out_index, layout in enumerate(plan.tensors):
         bias = params.get(f"bias_{out_index}")
@@ -76,7 +74,7 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
                 )
                 bias_row += 1
         outputs.append(_unfold(total, layout, features))
-    return jax.tree_util.tree_unflatten(treedef, _unstack(outputs, members))
+    return unstack_features(stacked.replace(tensors=tuple(outputs)))
 
 
 def parameter_count(params: PyTree) -> int:
