@@ -16,10 +16,9 @@ Only ``layers.py`` is swapped: the other modules of ``lopt.nf`` must be the same
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
-import tempfile
+import types
 from pathlib import Path
 
 import jax
@@ -54,13 +53,9 @@ def check_same_dependencies(revision: str) -> None:
 
 def load_module(source: str, name: str):
     """Imports ``source`` (the text of a layers module) as a module called ``name``."""
-    directory = Path(tempfile.mkdtemp(prefix="ab_unf_"))
-    path = directory / f"{name}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclass machinery looks the module up by name
+    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
     return module
 
 

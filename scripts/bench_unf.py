@@ -14,6 +14,7 @@ Run: ``python scripts/bench_unf.py [--repeats 20] [--skip-per-term]``.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -210,7 +211,7 @@ def main() -> None:
         for name, runs in measure(candidates, x, args.repeats).items():
             stats[name].update(runs)
         entries = sum(
-            s[0] if len(s) == 1 else __import__("math").prod(s)
+            s[0] if len(s) == 1 else math.prod(s)
             for s in jax.tree_util.tree_leaves(
                 shapes,
                 is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(n, int) for n in s),

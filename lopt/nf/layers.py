@@ -536,14 +536,10 @@ class UNFLinear(nn.Module):
                 f"(spec tuples {stacked.spec_axes} vs {_spec_axes(self.spec)})"
             )
         plan = stacked.plan
-        folded = [
-            _fold(tensor, layout)
-            for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True)
-        ]
-        folded = [
-            _materialize(tensor) if len(layout.ids) > 1 else tensor
-            for tensor, layout in zip(folded, plan.tensors, strict=True)
-        ]
+        folded = []
+        for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True):
+            tensor = _fold(tensor, layout)
+            folded.append(_materialize(tensor) if len(layout.ids) > 1 else tensor)
         cache = _all_reductions(folded, plan)
 
         def reduced(reduction: Reduction) -> Array:
