@@ -113,16 +113,15 @@ def _unfold(tensor: Array, layout: TensorLayout, features: int) -> Array:
 def _computed_once(x: Array) -> Array:
     """``x``, as one buffer that every reader shares (see :func:`_materialize`).
 
-    A ``cond`` on a runtime predicate is a boundary XLA does not fuse across: its operand
-    is computed once, into a buffer. Both branches must agree with ``x`` wherever the
-    result can matter: the other branch returns all NaN when the first entry of ``x`` is
-    NaN, and then the layer's output (and every gradient) is all NaN anyway, since every
-    output entry reads the mean of every input tensor.
+    A ``cond`` on a predicate XLA cannot evaluate at compile time is a boundary it does
+    not fuse across: the operand is computed once, into a buffer. The predicate (an entry
+    of ``x`` above +inf) is never true, so the result is always ``x``; the other branch
+    only has to differ from the identity, or XLA would drop the ``cond``.
     """
     if x.size == 0:
         return x
-    first_is_nan = jnp.isnan(x.reshape(-1)[0])
-    return jax.lax.cond(first_is_nan, lambda v: jnp.full_like(v, jnp.nan), lambda v: v, x)
+    never = x.reshape(-1)[0] > jnp.inf
+    return jax.lax.cond(never, lambda v: jnp.full_like(v, jnp.nan), lambda v: v, x)
 
 
 @_computed_once.def_vmap
