@@ -161,9 +161,12 @@ def test_corrupt_files_and_newer_versions_are_clear_errors(saved_unf, tmp_path):
     with pytest.raises(SavedOptimizerError, match="newer"):
         lopt.load_optimizer(broken, spec=None)
 
-    (broken / CONFIG_FILE).write_text(json.dumps({**config, "format_version": 1}))
-    with pytest.raises(SavedOptimizerError, match=r"format version 1.*per shared source"):
-        lopt.load_optimizer(broken, spec=None)
+    for old_version in (1, 2):
+        (broken / CONFIG_FILE).write_text(json.dumps({**config, "format_version": old_version}))
+        with pytest.raises(
+            SavedOptimizerError, match=rf"format version {old_version}.*meta-train it again"
+        ):
+            lopt.load_optimizer(broken, spec=None)
 
     (broken / CONFIG_FILE).write_text("{not json")
     with pytest.raises(SavedOptimizerError, match="not valid JSON"):

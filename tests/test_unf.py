@@ -118,7 +118,7 @@ def test_kernel_blocks_tile_every_kernel():
         "w2": jnp.ones((3, 4, 2)),
     }
     params = UNFLinear(spec, 5).init(jax.random.PRNGKey(0), x)["params"]
-    plan, members = stacked_plan(spec, x)
+    plan, members, _ = stacked_plan(spec, x)
     assert sorted(members) == [(0,), (1, 2), (3, 4)]  # leaf order: u, v, v2, w, w2
     covered = {name: np.zeros(np.shape(p), int) for name, p in params.items()}
     for out in range(len(plan.tensors)):
@@ -200,6 +200,50 @@ def test_fast_layer_equals_oracle(tensors, seed):
     expected = oracle_unf(leaves, [np.asarray(x[k]) for k in keys], params, features, channels)
     for k, want in zip(keys, expected, strict=True):
         np.testing.assert_allclose(np.asarray(fast[k]), want, rtol=2e-4, atol=2e-4)
+
+
+def test_transposed_leaves_stack_and_equal_the_oracle():
+    # an embedding and its readout, a value/out pair with axes in another order, two
+    # square matrices: each pair runs as one stack, with the oracle's terms
+    tensors = [
+        (("v", "d"), (5, 3)),
+        (("d", "h", "k"), (3, 2, 4)),
+        (("h", "k", "d"), (2, 4, 3)),
+        (("d", "v"), (3, 5)),
+        (("h", "h"), (2, 2)),
+        (("h", "h"), (2, 2)),
+        (("d",), (3,)),
+    ]
+    spec, x = build(tensors, 2, jax.random.PRNGKey(3))
+    plan, members, orders = stacked_plan(spec, x)
+    assert sorted(members) == [(0, 3), (1, 2), (4, 5), (6,)]
+    assert len(plan.tensors) == 4
+    assert dict(zip(members, orders, strict=True)) == {
+        (0, 3): (None, (1, 0)),  # the readout (d, v) read as (v, d)
+        (1, 2): (None, (2, 0, 1)),  # (h, k, d) read as (d, h, k)
+        (4, 5): (None, None),
+        (6,): (None,),
+    }
+    layer = UNFLinear(spec, 3)
+    params = layer.init(jax.random.PRNGKey(4), x)["params"]
+    params = jax.tree_util.tree_map(
+        lambda p: jax.random.normal(jax.random.PRNGKey(5), p.shape), params
+    )
+    fast = jax.jit(layer.apply)({"params": params}, x)
+    keys = sorted(spec)
+    expected = oracle_unf(
+        [(k, spec[k]) for k in keys], [np.asarray(x[k]) for k in keys], params, 3, 2
+    )
+    for k, want in zip(keys, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(fast[k]), want, rtol=2e-4, atol=2e-4)
+    perms = random_permutations(jax.random.PRNGKey(6), spec, x)
+    assert (
+        max_abs_diff(
+            jax.jit(layer.apply)({"params": params}, permute(x, spec, perms)),
+            permute(fast, spec, perms),
+        )
+        < 1e-4
+    )
 
 
 @SETTINGS

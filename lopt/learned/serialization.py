@@ -3,7 +3,7 @@
 A saved optimizer is one directory::
 
     path/
-      config.json     {"format": "lopt.learned_optimizer", "format_version": 2,
+      config.json     {"format": "lopt.learned_optimizer", "format_version": 3,
                        "name": "unf", "hyperparameters": {...}}
       theta.msgpack   the meta-parameters, a msgpack of nested dicts of numpy arrays
 
@@ -33,10 +33,11 @@ from lopt.nf import spec as nfspec
 PyTree = Any
 
 FORMAT = "lopt.learned_optimizer"
-FORMAT_VERSION = 2
-UNF_LAYOUT_VERSION = 2
-"""The first format whose UNF layers keep one kernel per shared source (and stack leaves
-of equal axes); files of older formats with such layers cannot be read."""
+FORMAT_VERSION = 3
+UNF_LAYOUT_VERSION = 3
+"""The first format whose UNF layers keep one kernel per shared source and stack leaves
+whose axes are the same ids in any order; files of older formats with such layers cannot
+be read."""
 UNF_BACKBONES = ("unf", "unf_deep", "nfn")
 """Optimizers whose update network has UNF (or NFN) layers."""
 CONFIG_FILE = "config.json"
@@ -132,9 +133,10 @@ def read_config(path: str | os.PathLike) -> dict:
         )
     if version < UNF_LAYOUT_VERSION and name in UNF_BACKBONES:
         raise SavedOptimizerError(
-            f"{config_path} has format version {version}: its {name!r} network stores UNF "
-            f"kernels per output tensor, which this lopt (format {FORMAT_VERSION}) replaced "
-            "by one kernel per shared source; meta-train it again with this version"
+            f"{config_path} has format version {version}, whose {name!r} network lays out "
+            f"its UNF kernels differently from this lopt (format {FORMAT_VERSION}: one kernel "
+            "per shared source, leaves stacked whatever the order of their axes); meta-train "
+            "it again with this version"
         )
     if not isinstance(hyper, dict):
         raise SavedOptimizerError(f"{config_path}: hyperparameters must be a JSON object")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,36 +58,61 @@ def plan_for(spec: nfspec.Spec, x: PyTree) -> Plan:
 Members = tuple[tuple[int, ...], ...]
 """For each tensor of a stacked plan, the indices of the leaves stacked into it."""
 
+Orders = tuple[tuple[tuple[int, ...] | None, ...], ...]
+"""For each tensor of a stacked plan and each of its leaves, the axis order that turns the
+leaf into the stack's orientation (``None``: the leaf's own)."""
 
-def stacked_plan(spec: nfspec.Spec, x: PyTree) -> tuple[Plan, Members]:
+
+def _axis_order(axes: tuple, target: tuple) -> tuple[int, ...] | None:
+    """The order of ``axes`` that spells ``target`` (repeated ids matched in turn)."""
+    if axes == target:
+        return None
+    remaining = list(range(len(axes)))
+    order = []
+    for perm_id in target:
+        position = next(p for p in remaining if axes[p] == perm_id)
+        remaining.remove(position)
+        order.append(position)
+    return tuple(order)
+
+
+def stacked_plan(spec: nfspec.Spec, x: PyTree) -> tuple[Plan, Members, Orders]:
     """The plan :class:`UNFLinear` runs: leaves of equal axes and shape stacked into one.
 
-    Leaves with the same spec tuple and no fixed axes (so the same shape: the layer norms
-    and biases along a transformer's residual stream, a block's query and key) are stacked
-    along a new leading axis that no permutation acts on. Which leaves stack depends on
-    the spec alone, so the layer's parameter names do too. The maximal layer over the
-    stacked space is the same function class with the same parameter count (a fixed axis
-    is mixed densely over channels, exactly the per-pair terms between its members), but
-    it runs each reduction, matmul and embedding once per stack instead of once per leaf.
+    Leaves without fixed axes whose spec tuples hold the same ids, in any order (the layer
+    norms and biases along a transformer's residual stream, a block's query and key, an
+    embedding and the transposed readout), are stacked along a new leading axis that no
+    permutation acts on, each transposed to the first one's axis order. Which leaves stack
+    depends on the spec alone, so the layer's parameter names do too. The maximal layer
+    over the stacked space is the same function class with the same parameter count (a
+    fixed axis is mixed densely over channels, exactly the per-pair terms between its
+    members, and a transpose maps a pair's terms one to one), but it runs each reduction,
+    matmul and embedding once per stack instead of once per leaf.
 
     Returns:
-        The plan over the stacked tensors and, per stacked tensor, its leaf indices.
+        The plan over the stacked tensors and, per stacked tensor, its leaf indices and
+        the axis order of each.
     """
     nfspec.validate(spec, x, channel_axis=True)
     leaves = nfspec.spec_leaves_with_paths(spec)
     shapes = [tuple(tensor.shape[:-1]) for tensor in jax.tree_util.tree_leaves(x)]
     by_layout: dict[tuple, list[int]] = {}
     for index, ((_, axes), shape) in enumerate(zip(leaves, shapes, strict=True)):
-        key = (axes, shape) if None not in axes else (axes, shape, index)
+        if None in axes:
+            key = (index,)
+        else:
+            key = tuple(sorted(Counter(zip(axes, shape, strict=True)).items(), key=repr))
         by_layout.setdefault(key, []).append(index)
-    paths, all_axes, all_shapes = [], [], []
-    for (axes, shape, *_), members in by_layout.items():
+    paths, all_axes, all_shapes, orders = [], [], [], []
+    for members in by_layout.values():
+        (_, axes), shape = leaves[members[0]], shapes[members[0]]
         stacked = len(members) > 1
         paths.append(" + ".join(leaves[index][0] for index in members))
         all_axes.append((None, *axes) if stacked else axes)
         all_shapes.append((len(members), *shape) if stacked else shape)
+        orders.append(tuple(_axis_order(leaves[index][1], axes) for index in members))
     plan = compile_plan(tuple(paths), tuple(all_axes), tuple(all_shapes))
-    return plan, tuple(tuple(members) for members in by_layout.values())
+    return plan, tuple(tuple(members) for members in by_layout.values()), tuple(orders)
 
 
 def _fold(tensor: Array, layout: TensorLayout) -> Array:
@@ -374,20 +400,27 @@ def _embed_sum_bwd(placements, shape, residual, g):
 _embed_sum.defvjp(_embed_sum_fwd, _embed_sum_bwd)
 
 
-def _stack(leaves: Sequence[Array], indices: Sequence[int]) -> Array:
+def _transpose_leaf(leaf: Array, order: tuple[int, ...] | None) -> Array:
+    return leaf if order is None else jnp.transpose(leaf, (*order, len(order)))
+
+
+def _stack(leaves: Sequence[Array], indices: Sequence[int], orders: Sequence) -> Array:
     if len(indices) == 1:
         return leaves[indices[0]]
-    return jnp.stack([leaves[index] for index in indices])
+    pairs = zip(indices, orders, strict=True)
+    return jnp.stack([_transpose_leaf(leaves[index], order) for index, order in pairs])
 
 
-def _unstack(stacked: Sequence[Array], members: Members) -> list[Array]:
+def _unstack(stacked: Sequence[Array], members: Members, orders: Orders) -> list[Array]:
     """Per-leaf arrays, in leaf order, from the stacked tensors' arrays."""
     leaves: dict[int, Array] = {}
-    for value, indices in zip(stacked, members, strict=True):
+    for value, indices, member_orders in zip(stacked, members, orders, strict=True):
         if len(indices) == 1:
             leaves[indices[0]] = value
-        else:
-            leaves.update((index, value[position]) for position, index in enumerate(indices))
+            continue
+        for position, (index, order) in enumerate(zip(indices, member_orders, strict=True)):
+            inverse = None if order is None else tuple(np.argsort(order).tolist())
+            leaves[index] = _transpose_leaf(value[position], inverse)
     return [leaves[index] for index in range(len(leaves))]
 
 
@@ -404,6 +437,7 @@ class StackedFeatures:
             its own), in the plan's order.
         plan: the plan over the stacked tensors.
         members: per stacked tensor, the leaf indices it holds.
+        orders: per stacked tensor, each leaf's axis order in it (see :func:`stacked_plan`).
         treedef: the structure of the feature tree.
         spec_axes: every leaf's spec tuple, to check a layer's spec against.
     """
@@ -411,6 +445,7 @@ class StackedFeatures:
     tensors: tuple[Array, ...]
     plan: Plan = flax.struct.field(pytree_node=False)
     members: Members = flax.struct.field(pytree_node=False)
+    orders: Orders = flax.struct.field(pytree_node=False)
     treedef: Any = flax.struct.field(pytree_node=False)
     spec_axes: tuple = flax.struct.field(pytree_node=False)
 
@@ -421,12 +456,16 @@ def _spec_axes(spec: nfspec.Spec) -> tuple:
 
 def stack_features(spec: nfspec.Spec, x: PyTree) -> StackedFeatures:
     """Validates ``x`` against ``spec`` and stacks its leaves of equal axes."""
-    plan, members = stacked_plan(spec, x)
+    plan, members, orders = stacked_plan(spec, x)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     return StackedFeatures(
-        tensors=tuple(_stack(leaves, indices) for indices in members),
+        tensors=tuple(
+            _stack(leaves, indices, member_orders)
+            for indices, member_orders in zip(members, orders, strict=True)
+        ),
         plan=plan,
         members=members,
+        orders=orders,
         treedef=treedef,
         spec_axes=_spec_axes(spec),
     )
@@ -434,7 +473,8 @@ def stack_features(spec: nfspec.Spec, x: PyTree) -> StackedFeatures:
 
 def unstack_features(stacked: StackedFeatures) -> PyTree:
     """The feature tree held by ``stacked``."""
-    return jax.tree_util.tree_unflatten(stacked.treedef, _unstack(stacked.tensors, stacked.members))
+    leaves = _unstack(stacked.tensors, stacked.members, stacked.orders)
+    return jax.tree_util.tree_unflatten(stacked.treedef, leaves)
 
 
 def kernel_name(source: int) -> str:
@@ -489,30 +529,54 @@ def term_coefficients(
         a leaf's fixed axes, folded into channels); ``biases[(out_leaf, out_partition)]``:
         the ``(F_out features,)`` bias of each partition of the output leaf's axes.
     """
-    plan, members = stacked_plan(spec, x)
+    plan, members, orders = stacked_plan(spec, x)
     in_channels = jax.tree_util.tree_leaves(x)[0].shape[-1]
 
     def part(block: slice, position: int, count: int) -> slice:
         width = (block.stop - block.start) // count
         return slice(block.start + position * width, block.start + (position + 1) * width)
 
+    def leaf_axis(order: tuple[int, ...] | None, position: int) -> int:
+        # a stack's axis ``position`` is axis ``order[position]`` of a transposed leaf
+        return position if order is None else order[position]
+
+    def leaf_partition(partition: frozenset, out_order, in_order) -> frozenset:
+        orders = {"o": out_order, "i": in_order}
+        return frozenset(
+            frozenset((side, leaf_axis(orders[side], position)) for side, position in block)
+            for block in partition
+        )
+
     kernels, biases = {}, {}
-    for out, out_members in enumerate(members):
+    for out, (out_members, out_orders) in enumerate(zip(members, orders, strict=True)):
         bias_row = 0
         for group, name, rows, columns in kernel_blocks(plan, out, in_channels, features):
-            for out_position, out_leaf in enumerate(out_members):
+            for out_position, (out_leaf, out_order) in enumerate(
+                zip(out_members, out_orders, strict=True)
+            ):
                 out_rows = part(rows, out_position, len(out_members))
                 for term, term_columns in zip(group.terms, columns, strict=True):
                     in_members = members[term.reduction.tensor]
-                    for in_position, in_leaf in enumerate(in_members):
+                    in_orders = orders[term.reduction.tensor]
+                    for in_position, (in_leaf, in_order) in enumerate(
+                        zip(in_members, in_orders, strict=True)
+                    ):
                         in_columns = part(term_columns, in_position, len(in_members))
-                        key = (out_leaf, in_leaf, term.partition)
-                        kernels[key] = params[name][out_rows, in_columns].T
+                        partition = leaf_partition(term.partition, out_order, in_order)
+                        kernels[(out_leaf, in_leaf, partition)] = params[name][
+                            out_rows, in_columns
+                        ].T
                 if group.has_bias and f"bias_{out}" in params:
                     bias_columns = part(
                         slice(0, params[f"bias_{out}"].shape[-1]), out_position, len(out_members)
                     )
-                    biases[(out_leaf, group.partition)] = params[f"bias_{out}"][
+                    out_partition = tuple(
+                        sorted(
+                            tuple(sorted(leaf_axis(out_order, p) for p in block))
+                            for block in group.partition
+                        )
+                    )
+                    biases[(out_leaf, out_partition)] = params[f"bias_{out}"][
                         bias_row, bias_columns
                     ]
             bias_row += group.has_bias
