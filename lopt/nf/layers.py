@@ -77,7 +77,7 @@ def _axis_order(axes: tuple, target: tuple) -> tuple[int, ...] | None:
 
 
 def stacked_plan(spec: nfspec.Spec, x: PyTree) -> tuple[Plan, Members, Orders]:
-    """The plan :class:`UNFLinear` runs: leaves of equal axes and shape stacked into one.
+    """The plan :class:`UNFLinear` runs: leaves with the same axes stacked into one.
 
     Leaves without fixed axes whose spec tuples hold the same ids, in any order (the layer
     norms and biases along a transformer's residual stream, a block's query and key, an
@@ -455,7 +455,7 @@ def _spec_axes(spec: nfspec.Spec) -> tuple:
 
 
 def stack_features(spec: nfspec.Spec, x: PyTree) -> StackedFeatures:
-    """Validates ``x`` against ``spec`` and stacks its leaves of equal axes."""
+    """Validates ``x`` against ``spec`` and stacks its leaves with the same axes."""
     plan, members, orders = stacked_plan(spec, x)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     return StackedFeatures(
