@@ -548,3 +548,34 @@ def test_nan_entry_gives_the_oracle_result():
     for k, want in zip(keys, expected, strict=True):
         assert np.isnan(want).all()
         assert np.isnan(np.asarray(fast[k])).all()
+
+
+def test_large_reductions_equal_the_reference_values_and_gradients():
+    # reductions of 80,000 entries and more run through shared buffers
+    from lopt.nf.layers import _SHARED_SIZE
+    from lopt.nf.reference import per_term_apply
+
+    spec = {"w": ("a", "b", "c"), "v": ("c",)}
+    x = {
+        "w": jax.random.normal(jax.random.PRNGKey(0), (2, 200, 200, 2)),
+        "v": jax.random.normal(jax.random.PRNGKey(1), (200, 2)),
+    }
+    assert x["w"][0].size >= _SHARED_SIZE  # the mean over a: (200, 200, 2)
+    layer = UNFLinear(spec, 3)
+    params = layer.init(jax.random.PRNGKey(2), x)["params"]
+
+    def fast_loss(p, inputs):
+        out = layer.apply({"params": p}, inputs)
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree_util.tree_leaves(out))
+
+    def reference_loss(p, inputs):
+        out = per_term_apply(spec, p, inputs, 3)
+        return sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree_util.tree_leaves(out))
+
+    fast = jax.jit(jax.value_and_grad(fast_loss, argnums=(0, 1)))(params, x)
+    slow = jax.jit(jax.value_and_grad(reference_loss, argnums=(0, 1)))(params, x)
+    np.testing.assert_allclose(fast[0], slow[0], rtol=1e-4)
+    for have, want in zip(
+        jax.tree_util.tree_leaves(fast[1]), jax.tree_util.tree_leaves(slow[1]), strict=True
+    ):
+        np.testing.assert_allclose(have, want, rtol=2e-3, atol=2e-4 * float(np.abs(want).max()))
