@@ -192,7 +192,12 @@ forward+backward 3-5%. Copies of small reductions cost little, while every bound
 one more kernel to run and compile."""
 
 
-def sum_axes(x: Array, axes: Sequence[int], scale: float = 1.0) -> Array:
+def sum_axes(
+    x: Array,
+    axes: Sequence[int],
+    scale: float = 1.0,
+    share: Callable[[Array], Array] | None = None,
+) -> Array:
     """Sums ``x`` over ``axes``, times ``scale``, with batched dots against constants.
 
     XLA's CPU reductions are slow when a small reduced extent meets a large kept minor
@@ -205,6 +210,10 @@ def sum_axes(x: Array, axes: Sequence[int], scale: float = 1.0) -> Array:
         x: any array.
         axes: axes to sum over; runs of adjacent axes are summed as one.
         scale: factor applied to the sum (``1 / count`` for a mean).
+        share: an identity that computes its argument into one buffer (see
+            :func:`_materialize`), applied to the last dot's output before it is
+            reshaped: XLA's dot emitter reshapes that output itself, and a second reshape
+            of it is a copy kernel (one per shape it is read in).
 
     Returns:
         ``scale`` times the sum of ``x`` over ``axes``, without those axes.
@@ -223,6 +232,8 @@ def sum_axes(x: Array, axes: Sequence[int], scale: float = 1.0) -> Array:
         grouped = x.reshape(outer, inner, math.prod(shape[stop:]))
         weights = jnp.full((outer, inner), scale if index == 0 else 1.0, x.dtype)
         summed = jax.lax.dot_general(weights, grouped, (((1,), (1,)), ((0,), (0,))))
+        if share is not None and index == len(runs) - 1:
+            summed = share(summed)
         x = summed.reshape(shape[:start] + shape[stop:])
     return x
 
@@ -300,10 +311,13 @@ def _all_reductions(folded: Sequence[Array], plan: Plan) -> dict[Reduction, Arra
         remaining = [axis for axis in range(len(layout.ids)) if axis not in base_averaged]
         todo = sorted(averaged - base_averaged)
         count = math.prod(layout.permuted_shape[axis] for axis in todo)
-        summed = sum_axes(base, [remaining.index(axis) for axis in todo], 1.0 / count)
         # a large reduction is read in several shapes too (by later reductions and by its
-        # source's matmul), and XLA copies a reshaped matmul output once per shape
-        done[reduction] = _materialize(summed) if summed.size >= _SHARED_SIZE else summed
+        # source's matmul): one shared buffer, not a copy per shape
+        size = math.prod(base.shape) // count
+        share = _materialize if size >= _SHARED_SIZE else None
+        done[reduction] = sum_axes(
+            base, [remaining.index(axis) for axis in todo], 1.0 / count, share
+        )
     return done
 
 
@@ -402,9 +416,13 @@ def _embed_sum_bwd(placements, shape, residual, g):
         else:
             base = max((done for done in sums if done <= axes), key=len)
             remaining = [axis for axis in range(len(shape)) if axis not in base]
-            summed = sum_axes(sums[base], [remaining.index(axis) for axis in axes - base])
-            if summed.size >= _SHARED_SIZE:  # read in several shapes, see _all_reductions
-                summed = _computed_once(summed)
+            todo = [remaining.index(axis) for axis in axes - base]
+            size = math.prod(
+                sums[base].shape[axis] for axis in range(sums[base].ndim) if axis not in todo
+            )
+            # read in several shapes, see _all_reductions
+            share = _computed_once if size >= _SHARED_SIZE else None
+            summed = sum_axes(sums[base], todo, share=share)
             sums[axes] = summed
         grads[index] = summed.reshape((*carried_shape, g.shape[-1]))
     return (tuple(grads),)
