@@ -192,6 +192,14 @@ forward+backward 3-5%. Copies of small reductions cost little, while every bound
 one more kernel to run and compile."""
 
 
+def _materialize_if_large(x: Array) -> Array:
+    return _materialize(x) if x.size >= _SHARED_SIZE else x
+
+
+def _computed_once_if_large(x: Array) -> Array:
+    return _computed_once(x) if x.size >= _SHARED_SIZE else x
+
+
 def sum_axes(
     x: Array,
     axes: Sequence[int],
@@ -210,10 +218,10 @@ def sum_axes(
         x: any array.
         axes: axes to sum over; runs of adjacent axes are summed as one.
         scale: factor applied to the sum (``1 / count`` for a mean).
-        share: an identity that computes its argument into one buffer (see
-            :func:`_materialize`), applied to the last dot's output before it is
-            reshaped: XLA's dot emitter reshapes that output itself, and a second reshape
-            of it is a copy kernel (one per shape it is read in).
+        share: an identity applied to the last dot's output before it is reshaped, such
+            as one that computes a large output into one shared buffer (see
+            :func:`_materialize`): XLA's dot emitter reshapes that output itself, and a
+            second reshape of it is a copy kernel (one per shape it is read in).
 
     Returns:
         ``scale`` times the sum of ``x`` over ``axes``, without those axes.
@@ -313,10 +321,8 @@ def _all_reductions(folded: Sequence[Array], plan: Plan) -> dict[Reduction, Arra
         count = math.prod(layout.permuted_shape[axis] for axis in todo)
         # a large reduction is read in several shapes too (by later reductions and by its
         # source's matmul): one shared buffer, not a copy per shape
-        size = math.prod(base.shape) // count
-        share = _materialize if size >= _SHARED_SIZE else None
         done[reduction] = sum_axes(
-            base, [remaining.index(axis) for axis in todo], 1.0 / count, share
+            base, [remaining.index(axis) for axis in todo], 1.0 / count, _materialize_if_large
         )
     return done
 
@@ -417,12 +423,8 @@ def _embed_sum_bwd(placements, shape, residual, g):
             base = max((done for done in sums if done <= axes), key=len)
             remaining = [axis for axis in range(len(shape)) if axis not in base]
             todo = [remaining.index(axis) for axis in axes - base]
-            size = math.prod(
-                sums[base].shape[axis] for axis in range(sums[base].ndim) if axis not in todo
-            )
             # read in several shapes, see _all_reductions
-            share = _computed_once if size >= _SHARED_SIZE else None
-            summed = sum_axes(sums[base], todo, share=share)
+            summed = sum_axes(sums[base], todo, share=_computed_once_if_large)
             sums[axes] = summed
         grads[index] = summed.reshape((*carried_shape, g.shape[-1]))
     return (tuple(grads),)
