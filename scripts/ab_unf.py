@@ -22,7 +22,16 @@ import types
 from pathlib import Path
 
 import jax
-from bench_unf import CHANNELS, SPACES, WIDTHS, compile_pair, features_for, measure
+from bench_unf import (
+    CHANNELS,
+    SPACES,
+    WIDTHS,
+    add_allocator_option,
+    compile_pair,
+    features_for,
+    measure,
+    set_allocator,
+)
 
 import lopt.nf as nf
 
@@ -64,13 +73,16 @@ def main() -> None:
     parser.add_argument("--baseline", default="HEAD", help="git revision to compare against")
     parser.add_argument("--spaces", nargs="*", default=list(SPACES), choices=list(SPACES))
     parser.add_argument("--blocks", type=int, default=12, help="alternating blocks of 5 calls")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    allocator = set_allocator(args)
     check_same_dependencies(args.baseline)
     layers = {
         "baseline": load_module(committed(args.baseline, LAYERS), "layers_baseline"),
         "working": load_module((ROOT / LAYERS).read_text(), "layers_working"),
     }
     print(f"jax {jax.__version__}; widths {CHANNELS}->{WIDTHS}; baseline {args.baseline}")
+    print(f"allocator: {allocator}")
     print(f"{'space':12s}{'pass':>9s}{'baseline ms':>13s}{'working ms':>12s}{'working/base':>14s}")
     key = jax.random.PRNGKey(0)
     for space in args.spaces:

@@ -16,6 +16,7 @@ import statistics
 import time
 
 import jax
+from bench_unf import add_allocator_option, set_allocator
 
 import lopt.learned as learned
 import lopt.tasks as tasks
@@ -72,7 +73,9 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS))
     parser.add_argument("--steps", type=int, default=20, help="inner steps per timed call")
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per optimizer")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    print(f"allocator: {set_allocator(args)}")
     print(
         f"jax {jax.__version__} on {jax.devices()[0].platform}; median of {args.rounds} calls "
         f"of {args.steps} scanned steps"
