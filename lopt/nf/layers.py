@@ -708,10 +708,9 @@ class UNFLinear(nn.Module):
                 jnp.float32,
             )
             # kernel stored (out, in): its gradient then needs no transposing copy
-            rows = source.reshape(-1, source.shape[-1])
             product = jax.lax.dot_general(
-                rows, kernel.astype(source.dtype), (((1,), (1,)), ((), ()))
-            ).reshape((*source.shape[:-1], kernel.shape[0]))
+                source, kernel.astype(source.dtype), (((source.ndim - 1,), (1,)), ((), ()))
+            )
             splits = np.cumsum([out_channels[out] for out, _ in users])[:-1].tolist()
             for user, part in zip(users, jnp.split(product, splits, axis=-1), strict=True):
                 results[user] = part
