@@ -1,12 +1,20 @@
 """Benchmark: a 4-layer UNF against Deep Sets and the per-term reference, side by side.
 
 For four weight spaces (MLP, CNN, identity-RNN LM, 2-block transformer LM) it measures the
-compile time and the steady-state time of the forward pass and of forward+backward for
+compile time, the steady-state time and XLA's FLOP estimate of the forward pass and of
+forward+backward for
 
 * ``unf``: ``NeuralFunctional(equivariant=(32, 32, 32, 1))`` on 19 input channels;
 * ``deepsets``: the same widths as per-parameter layers;
 * ``per-term``: the same UNF function evaluated term by term (no shared reductions, one
   matmul per basis term), the direct reading of Algorithm 1.
+
+The FLOP ratio is the work the maximal basis needs, whatever the implementation: every
+basis term is a product of its reduced input with its own channel map (grouping terms by
+output pattern concatenates these products, it removes none). Where both networks run at
+the same FLOP rate it is a floor under the time ratio. On the transformer space, for one,
+the terms that carry only the residual-stream axis form a ``1088 x 1088`` channel map per
+32-channel layer, applied to each of the stream's 32 entries.
 
 Run: ``python scripts/bench_unf.py [--repeats 20] [--skip-per-term]``.
 """
@@ -142,19 +150,38 @@ def per_term_network(spec) -> Callable:
     return apply
 
 
+def xla_gflop(executable) -> float:
+    """XLA's static estimate of a compiled executable's work, in GFLOP.
+
+    Its bytes-accessed estimate is left out: it counts every operand of an instruction
+    whole, so each of the layer's fusion boundaries (:func:`lopt.nf.layers._materialize`,
+    which reads one entry of its input) would count as a full pass over the tensor.
+    """
+    analysis = executable.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
+        analysis = analysis[0] if analysis else {}
+    return (analysis or {}).get("flops", math.nan) / 1e9
+
+
 def compile_pair(apply, variables, x):
-    """Compiles forward and forward+backward; returns the executables and compile seconds."""
+    """Compiles forward and forward+backward.
+
+    Returns:
+        The executables by pass, and per pass its compile seconds and XLA's estimate of its
+        work (``"<pass> compile"``, ``"<pass> GFLOP"``).
+    """
 
     def loss(v, inputs):
         return sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(apply(v, inputs)))
 
-    compiled, seconds = {}, {}
+    compiled, stats = {}, {}
     for name, fn in (("fwd", apply), ("fwd+bwd", jax.grad(loss))):
         start = time.perf_counter()
         compiled[name] = jax.jit(fn).lower(variables, x).compile()
-        seconds[f"{name} compile"] = time.perf_counter() - start
+        stats[f"{name} compile"] = time.perf_counter() - start
+        stats[f"{name} GFLOP"] = xla_gflop(compiled[name])
         jax.block_until_ready(compiled[name](variables, x))
-    return compiled, seconds
+    return compiled, stats
 
 
 def measure(candidates, x, repeats):
@@ -269,26 +296,39 @@ def main() -> None:
             f"\n== {space}: {entries:,} weights; params unf {counts['unf']:,}, "
             f"deepsets {counts['deepsets']:,}"
         )
-        header = f"{'':16s}" + "".join(f"{name:>12s}" for name in stats)
+        header = f"{'':24s}" + "".join(f"{name:>12s}" for name in stats)
         print(header)
-        for metric in ("fwd compile", "fwd run", "fwd+bwd compile", "fwd+bwd run"):
-            unit = "s" if "compile" in metric else "ms"
-            scale = 1.0 if unit == "s" else 1e3
-            print(
-                f"{metric + ' (' + unit + ')':16s}"
-                + "".join(f"{stats[name][metric] * scale:12.3f}" for name in stats)
-            )
+        for which in ("fwd", "fwd+bwd"):
+            for metric, unit, scale in (
+                ("compile", "s", 1.0),
+                ("run", "ms", 1e3),
+                ("GFLOP", "", 1.0),
+            ):
+                label = f"{which} {metric}" + (f" ({unit})" if unit else "")
+                print(
+                    f"{label:24s}"
+                    + "".join(f"{stats[name][f'{which} {metric}'] * scale:12.3f}" for name in stats)
+                )
 
     print("\n== ratios (unf / deepsets; per-term / unf)")
     print(
-        f"{'space':12s}{'fwd':>8s}{'fwd+bwd':>9s}{'compile f+b (s)':>17s}"
+        "time: steady-state run time; FLOPs: XLA's estimate, the work the maximal basis "
+        "itself needs,\na floor under the time ratio while both networks run at the same "
+        "FLOP rate"
+    )
+    print(
+        f"{'space':12s}{'fwd':>8s}{'fwd+bwd':>9s}{'FLOPs fwd':>11s}{'FLOPs f+b':>11s}"
+        f"{'compile f+b (s)':>17s}"
         f"{'per-term fwd':>14s}{'per-term f+b':>14s}{'per-term compile':>18s}"
     )
     for space, _, _, stats in rows:
         unf, ds, pt = stats["unf"], stats["deepsets"], stats.get("per-term")
         line = (
             f"{space:12s}{unf['fwd run'] / ds['fwd run']:8.2f}"
-            f"{unf['fwd+bwd run'] / ds['fwd+bwd run']:9.2f}{unf['fwd+bwd compile']:17.2f}"
+            f"{unf['fwd+bwd run'] / ds['fwd+bwd run']:9.2f}"
+            f"{unf['fwd GFLOP'] / ds['fwd GFLOP']:11.2f}"
+            f"{unf['fwd+bwd GFLOP'] / ds['fwd+bwd GFLOP']:11.2f}"
+            f"{unf['fwd+bwd compile']:17.2f}"
         )
         if pt:
             line += (
