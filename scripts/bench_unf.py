@@ -154,8 +154,8 @@ def xla_gflop(executable) -> float:
     """XLA's static estimate of a compiled executable's work, in GFLOP.
 
     Its bytes-accessed estimate is left out: it counts every operand of an instruction
-    whole, so each of the layer's fusion boundaries (:func:`lopt.nf.layers._materialize`,
-    which reads one entry of its input) would count as a full pass over the tensor.
+    whole, so each of the layer's fusion boundaries (:func:`lopt.nf.layers._computed_once`,
+    a ``cond`` whose predicate reads one entry) would count as a full pass over the tensor.
     """
     analysis = executable.cost_analysis()
     if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
