@@ -51,8 +51,8 @@ def format_metrics(step: int, metrics: Metrics) -> str:
     """One console line, e.g. ``step 100  meta_loss 0.4123  grad_norm 1.2 ...``."""
     parts = [f"step {step}"]
     for name, value in metrics.items():
-        if name == "step":
-            continue
+        if name == "step" or (isinstance(value, float) and math.isnan(value)):
+            continue  # nan: not measured at this step (e.g. validation columns)
         if isinstance(value, float) and not value.is_integer():
             parts.append(f"{name} {value:.4g}")
         else:
@@ -122,7 +122,8 @@ def wandb_logger(
     )
 
     def log_metrics(step: int, metrics: Metrics) -> None:
-        run.log({k: v for k, v in metrics.items() if k != "step"}, step=step)
+        measured = lambda v: not (isinstance(v, float) and math.isnan(v))
+        run.log({k: v for k, v in metrics.items() if k != "step" and measured(v)}, step=step)
 
     def log_artifact(path: Path) -> None:
         if not log_optimizer:

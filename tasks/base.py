@@ -24,6 +24,7 @@ never re-compiles.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -134,6 +135,19 @@ class Task:
         if split not in self.data:
             raise ValueError(f"unknown split {split!r}; task {self.name} has {list(self.data)}")
         return self.sampler(self.data[split], key, self.batch_size)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (tokens) the model scores: the last axis of its logits."""
+        params = jax.eval_shape(self.init, jax.random.key(0))
+        logits = jax.eval_shape(self.apply, params, self.example_inputs)
+        return int(logits.shape[-1])
+
+    @property
+    def chance_loss(self) -> float:
+        """The loss of a uniform prediction, ``ln(num_classes)`` nats: where training starts,
+        and the unit of divergence bounds (:class:`lopt.meta.MetaObjective`)."""
+        return math.log(self.num_classes)
 
     def split_size(self, split: str = "train") -> int:
         """Number of examples (images) or tokens (text) held for ``split``."""

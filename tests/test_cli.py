@@ -108,7 +108,13 @@ def test_config_groups_are_complete():
 def test_every_experiment_composes_and_builds(experiment):
     config = composed([f"experiment={experiment}"])
     assert config["name"] == experiment
-    assert set(config["objective"]) == {"split", "reduction", "transform", "clip"}
+    assert set(config["objective"]) == {
+        "split",
+        "reduction",
+        "transform",
+        "clip",
+        "max_loss_factor",
+    }
     assert config["estimator"]["truncation_length"] == config["truncation_length"]
     assert config["estimator"]["num_pairs"] * 2 == config["population"]
     parts = build_parts(config)
@@ -116,6 +122,8 @@ def test_every_experiment_composes_and_builds(experiment):
     assert parts.opt.config["name"] == config["lopt"]["name"]
     assert parts.estimator.config["name"] == "pes"
     assert parts.schedule.max_length == config["schedule"]["max_length"]
+    bound = config["objective"]["max_loss_factor"] * parts.task.chance_loss
+    assert parts.objective.max_loss == pytest.approx(bound)
 
 
 @pytest.mark.parametrize(
@@ -207,6 +215,22 @@ def test_smoke_run_leaves_optimizer_plot_summary_and_metrics(smoke_run):
     assert np.isfinite(summary["final_meta_loss"])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
+    # Validation every 10 steps: its columns are filled on those steps only.
+    validated = {r["step"]: r["val_final_loss"] for r in records if r["val_final_loss"]}
+    assert sorted(validated) == [10, 20] and all(r["val_vs_adam"] for r in records[1::2])
+    reference = json.loads((run_dir / "validation" / "reference.json").read_text())
+    theta0 = float(np.mean(reference["theta0"]["final_loss"]))
+    best = summary["validation"]
+    scores = {0: theta0, **validated}
+    assert best["best_step"] == min(scores, key=lambda step: (scores[step], step))
+    assert best["best_final_loss"] == pytest.approx(scores[best["best_step"]], rel=1e-6)
+    assert best["theta0_final_loss"] == pytest.approx(theta0)
+    assert best["best_vs_adam"] == pytest.approx(
+        scores[best["best_step"]] / float(np.mean(reference["adam"]["final_loss"])), rel=1e-6
+    )
+    assert "verdict" in best and best["adam_learning_rate"] in reference["adam_grid"]
+    for name in ("optimizer", "optimizer_last"):
+        assert (run_dir / name / "theta.msgpack").is_file()
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("step,")
     config = OmegaConf.load(run_dir / "config.yaml")
     assert config.lopt.hidden == 8 and config.estimator.num_pairs == 2
@@ -222,6 +246,9 @@ def test_exported_optimizer_trains_in_a_plain_optax_loop(smoke_run, tmp_path):
     export_main([str(run_dir), "-o", str(tmp_path / "exported")])
     exported = (tmp_path / "exported" / "theta.msgpack").read_bytes()
     assert exported == (run_dir / "optimizer" / "theta.msgpack").read_bytes()
+    export_main([str(run_dir), "-o", str(tmp_path / "last"), "--theta", "last"])
+    last = (tmp_path / "last" / "theta.msgpack").read_bytes()
+    assert last == (run_dir / "optimizer_last" / "theta.msgpack").read_bytes()
 
     task = get_task("mlp_digits", width=16, batch_size=64)  # another width: theta transfers
     optimizer = load_optimizer(tmp_path / "exported", task.spec)
@@ -276,9 +303,41 @@ def test_incompatible_or_corrupt_checkpoint_is_refused_without_changes(smoke_run
     assert snapshot(run_dir) == before
 
 
+def test_a_diverging_optimizer_is_reported_not_saved_silently(tmp_path, caplog):
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "experiment=smoke",
+                "progress=false",
+                "lopt=sgdm",
+                "lopt.learning_rate=1e6",
+                "steps=4",
+                "log_every=2",
+            ],
+        )
+    with caplog.at_level("WARNING", logger="lopt.train"):
+        summary = train(cfg, tmp_path / "run")
+    assert summary["num_nonfinite"] > 0
+    assert not summary["validation"]["improved_on_theta0"]
+    messages = "\n".join(r.getMessage() for r in caplog.records)
+    assert "particle groups diverged" in messages and "loss above 23" in messages
+    assert "initial theta diverges" in messages and "never improved" in messages
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["meta_loss"] < 23.1 for r in records)  # exploding particles are left out
+
+
 def test_multirun_sweep_gives_each_run_its_directory(tmp_path):
     result = run(
-        ["-m", "lopt=unf,deepsets", *FAST, "steps=4", "log_every=2", "hydra.sweep.dir=sweep"],
+        [
+            "-m",
+            "lopt=unf,deepsets",
+            *FAST,
+            "steps=4",
+            "log_every=2",
+            "validation.every=0",
+            "hydra.sweep.dir=sweep",
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -286,7 +345,9 @@ def test_multirun_sweep_gives_each_run_its_directory(tmp_path):
         run_dir = tmp_path / "sweep" / str(number)
         assert OmegaConf.load(run_dir / "config.yaml").lopt.name == name
         assert json.loads((run_dir / "optimizer" / "config.json").read_text())["name"] == name
-        assert json.loads((run_dir / "summary.json").read_text())["steps"] == 4
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["steps"] == 4 and "validation" not in summary
+        assert not (run_dir / "optimizer_last").exists()  # no validation: optimizer/ is last
 
 
 def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
@@ -335,3 +396,13 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     assert summary["resumed_from_step"] == killed_at
     records = [json.loads(x) for x in (killed_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(5, steps + 1, 5))
+    # Validation ran on both (the checkpoints hold the best theta): the same scores, the
+    # same best step, the same best and last optimizers.
+    straight_records = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
+    validation = lambda rs: [(r["step"], r["val_final_loss"]) for r in rs if r["val_final_loss"]]
+    assert validation(records) == validation(map(json.loads, straight_records))
+    assert len(validation(records)) == steps // 10
+    straight_summary = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    assert summary["validation"] == straight_summary["validation"]
+    last = "optimizer_last/theta.msgpack"
+    assert (tmp_path / "straight" / last).read_bytes() == (killed_dir / last).read_bytes()

@@ -144,8 +144,14 @@ def build_parts(config: Mapping[str, Any]) -> RunParts:
         schedule = schedule_from(config["schedule"])
     except ValueError as err:
         raise RunError(f"invalid schedule {config['schedule']}: {err}") from err
+    objective_config = dict(config["objective"])
+    factor = objective_config.pop("max_loss_factor", None)
+    if factor is not None:
+        if not factor > 0:
+            raise RunError(f"objective.max_loss_factor must be positive or null, got {factor}")
+        objective_config["max_loss"] = float(factor) * task.chance_loss
     try:
-        objective = as_objective(dict(config["objective"]))
+        objective = as_objective(objective_config)
     except (TypeError, ValueError) as err:
         raise RunError(f"invalid objective {config['objective']}: {err}") from err
     return RunParts(task, opt, estimator, outer, schedule, objective)

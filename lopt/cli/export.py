@@ -2,6 +2,11 @@
 
     lopt-export runs/mlp/2025-01-01_12-00-00 -o my_optimizer          # latest checkpoint
     lopt-export runs/mlp/2025-01-01_12-00-00/checkpoints/500 -o opt500  # a given step
+    lopt-export runs/mlp/2025-01-01_12-00-00 -o last --theta last       # not the best
+
+A checkpoint holds two thetas: the best by meta-validation up to its step (exported by
+default, what ``optimizer/`` holds at the end of a run) and the one of its step (``--theta
+last``). A run without validation has only the latter.
 
 The output is what :func:`lopt.learned.save_optimizer` writes and
 :func:`lopt.learned.load_optimizer` reads (an optax transformation).
@@ -50,13 +55,20 @@ def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int
     return checkpoints, step
 
 
-def export(path: str | Path, output: str | Path, step: int | None = None) -> Path:
+THETAS = ("best", "last")
+
+
+def export(
+    path: str | Path, output: str | Path, step: int | None = None, which: str = "best"
+) -> Path:
     """Exports the learned optimizer of a checkpoint to ``output``.
 
     Args:
         path: run directory, checkpoints directory, or step directory.
         output: the saved-optimizer directory to write.
         step: checkpoint step (default: see :func:`locate`).
+        which: ``"best"`` (by validation; the checkpoint's own theta when the run had no
+            validation) or ``"last"`` (the checkpoint's own theta).
 
     Returns:
         ``output`` as a ``Path``.
@@ -64,6 +76,8 @@ def export(path: str | Path, output: str | Path, step: int | None = None) -> Pat
     Raises:
         RunError, CheckpointError: no usable checkpoint.
     """
+    if which not in THETAS:
+        raise RunError(f"which theta: expected one of {THETAS}, got {which!r}")
     checkpoints, step = locate(path, step)
     with checkpoints:
         leaves, meta = checkpoints.restore_leaves(step)
@@ -73,7 +87,9 @@ def export(path: str | Path, output: str | Path, step: int | None = None) -> Pat
             f"checkpoint step {step} in {checkpoints.directory} has no run config"
         )
     infos = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
-    theta = nested_dict(leaves, infos, ".theta")
+    validated = saved["run"].get("validation", {}).get("every", 0) > 0
+    prefix = ".best_theta" if which == "best" and validated else ".meta.theta"
+    theta = nested_dict(leaves, infos, prefix)
     # The learned rules need the permutation spec of the task they were trained on.
     task = build_task(saved["run"]["task"])
     opt = optimizer_from_config(saved["optimizer"], task.spec)
@@ -95,9 +111,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("path", help="run directory, its checkpoints/ directory, or a step's")
     parser.add_argument("-o", "--output", required=True, help="directory to write")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument(
+        "--theta",
+        choices=THETAS,
+        default="best",
+        help="the best theta by validation up to that step (default), or the step's own",
+    )
     args = parser.parse_args(argv)
     try:
-        output = export(args.path, args.output, args.step)
+        output = export(args.path, args.output, args.step, args.theta)
     except (RunError, CheckpointError) as err:
         print(f"lopt-export: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

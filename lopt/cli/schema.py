@@ -33,6 +33,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from lopt.evaluation.seeds import VALIDATION_SEED_OFFSET
+from lopt.evaluation.validation import DEFAULT_ADAM_GRID
 from lopt.learned.baselines import ADAM_DEFAULTS, SGDM_DEFAULTS
 from lopt.learned.nf_optimizer import DEFAULTS as NF_DEFAULTS
 
@@ -301,6 +303,22 @@ class ObjectiveConfig:
     reduction: Reduction = Reduction.mean
     transform: Transform = Transform.none
     clip: float | None = None
+    max_loss_factor: float | None = 10.0
+
+
+@dataclass
+class ValidationConfig:
+    """Meta-validation (:mod:`lopt.evaluation.validation`): whole inner episodes from
+    held-out seeds, scored every ``every`` outer steps and at the end; ``every: 0`` turns it
+    off. ``num_steps: null`` validates at the meta-training horizon (``schedule.max_length``)."""
+
+    every: int = 100
+    num_seeds: int = 4
+    num_steps: int | None = None
+    seed_offset: int = VALIDATION_SEED_OFFSET
+    tail_fraction: float = 0.1
+    num_test_batches: int = 4
+    adam_learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_ADAM_GRID))
 
 
 @dataclass
@@ -318,8 +336,11 @@ class TrainConfig:
 
     Attributes:
         task, lopt, estimator, outer_opt, logger: the config groups.
-        objective: the meta-objective.
+        objective: the meta-objective; ``max_loss_factor`` sets its divergence bound in
+            units of the task's chance-level loss ``ln(classes)`` (null: only non-finite
+            losses count as divergence).
         schedule: inner-episode lengths.
+        validation: meta-validation of theta during the run.
         population: inner runs per meta-gradient estimate (antithetic estimators use
             ``population / 2`` pairs).
         truncation_length: inner steps per estimate (truncated estimators).
@@ -341,6 +362,7 @@ class TrainConfig:
     logger: Any = MISSING
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     population: int = 16
     truncation_length: int = 50
     sigma: float = 0.01

@@ -6,20 +6,24 @@
     lopt-train experiment=mlp hydra.run.dir=runs/a resume=true   # continue runs/a
 
 A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` and
-``metrics.csv`` (one record per log interval), ``checkpoints/`` (the whole ``MetaState``),
-and at the end ``optimizer/`` (:func:`lopt.learned.save_optimizer` format), ``loss.png`` and
-``summary.json``.
+``metrics.csv`` (one record per log interval and per validation), ``checkpoints/`` (the whole
+``MetaState`` and the best theta so far), ``validation/reference.json`` (the initial theta's
+and a tuned Adam's validation), and at the end ``optimizer/`` (the best theta by validation,
+:func:`lopt.learned.save_optimizer` format), ``optimizer_last/`` (the last theta),
+``loss.png`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 import jax
@@ -40,6 +44,14 @@ from lopt.cli.common import (
     write_json,
     write_text,
 )
+from lopt.evaluation.validation import (
+    MEASURES,
+    Reference,
+    ValidationScores,
+    ValidationSettings,
+    make_validator,
+    reference_scores,
+)
 from lopt.learned import save_optimizer
 from lopt.loggers import Logger, MetricsFiles
 from lopt.meta import MetaState, MetaTrainer, make_meta_trainer
@@ -48,10 +60,44 @@ log = logging.getLogger("lopt.train")
 
 CHECKPOINT_DIR = "checkpoints"
 OPTIMIZER_DIR = "optimizer"
+LAST_OPTIMIZER_DIR = "optimizer_last"
+REFERENCE_FILE = "validation/reference.json"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "loss.png"
 _COUNTS = ("num_episodes_ended", "num_nonfinite", "skipped")
+VALIDATION_KEYS = (
+    *(f"val_{name}{suffix}" for name in MEASURES for suffix in ("", "_se")),
+    "val_vs_adam",
+    "val_vs_theta0",
+)
+"""The validation columns of ``metrics.jsonl``/``.csv`` (empty on steps not validated)."""
+
+
+class RunState(NamedTuple):
+    """What a checkpoint of a ``lopt-train`` run holds.
+
+    Attributes:
+        meta: the meta-training state.
+        best_theta: the theta with the lowest validation score so far (the initial theta
+            before any validation, or the current theta when validation is off).
+        best_step: int32, the outer step of ``best_theta`` (0: the initial theta).
+        best_score: float32, its validation score (mean final training loss; ``inf`` when
+            not validated).
+    """
+
+    meta: MetaState
+    best_theta: Any
+    best_step: Any
+    best_score: Any
+
+
+class Validation(NamedTuple):
+    """A run's meta-validation: how often, the validating function, the reference levels."""
+
+    every: int
+    validate: Any
+    reference: Reference
 
 
 def check_compatible(saved: dict, current: dict) -> None:
@@ -101,7 +147,7 @@ def initial_state(
                 "pass resume=true to continue that run, or choose a new run directory "
                 "(hydra.run.dir=...)"
             )
-        return trainer.init(key), False
+        return fresh_run_state(trainer.init(key)), False
     if latest is None:
         raise RunError(
             f"resume=true but there is no checkpoint in {checkpoints.directory}; point "
@@ -109,8 +155,32 @@ def initial_state(
         )
     saved = checkpoints.metadata(latest).get("config") or {}
     check_compatible(saved.get("run", {}), config)
-    like = jax.eval_shape(trainer.init, key)
+    like = jax.eval_shape(lambda k: fresh_run_state(trainer.init(k)), key)
     return checkpoints.restore(latest, like=like), True
+
+
+def fresh_run_state(meta: MetaState) -> RunState:
+    """The run state of a new run: its best theta is the initial one, not yet validated."""
+    return RunState(
+        meta=meta,
+        best_theta=meta.theta,
+        best_step=jnp.zeros((), jnp.int32),
+        best_score=jnp.full((), jnp.inf, jnp.float32),
+    )
+
+
+def keep_best(state: RunState, scores: ValidationScores, step: int) -> RunState:
+    """``state`` with ``best_*`` moved to the current theta if it validates strictly better
+    (compared in float32, the precision the checkpoint keeps, so a resumed run decides
+    exactly as an uninterrupted one)."""
+    score = np.float32(scores.score)
+    if not score < np.float32(state.best_score):
+        return state
+    return state._replace(
+        best_theta=state.meta.theta,
+        best_step=jnp.asarray(step, jnp.int32),
+        best_score=jnp.asarray(score, jnp.float32),
+    )
 
 
 def _checkpoint_config(config: dict, parts: Any) -> dict:
@@ -136,15 +206,20 @@ def _interval_record(step: int, totals: dict, count: int, rate: float) -> dict[s
     return record
 
 
-def plot_losses(records: list[dict], path: Path, title: str) -> Path:
-    """Saves meta-loss and meta-objective against the outer step as a PNG."""
+def plot_losses(
+    records: list[dict], path: Path, title: str, reference: Reference | None = None
+) -> Path:
+    """Saves meta-loss and meta-objective against the outer step as a PNG; with a
+    validation ``reference``, a third panel shows the validation loss with the initial
+    theta's and the reference Adam's levels as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in records]
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    panels = 3 if reference is not None else 2
+    figure, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.8))
     for axis, key, label in (
         (axes[0], "meta_loss", "mean inner training loss"),
         (axes[1], "objective", "meta-objective"),
@@ -153,11 +228,76 @@ def plot_losses(records: list[dict], path: Path, title: str) -> Path:
         axis.set_xlabel("outer step")
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
+    if reference is not None:
+        axis = axes[2]
+        validated = [r for r in records if math.isfinite(r.get("val_final_loss", math.nan))]
+        axis.errorbar(
+            [0] + [r["step"] for r in validated],
+            [reference.theta0.score] + [r["val_final_loss"] for r in validated],
+            yerr=[reference.theta0.summary()["final_loss_se"]]
+            + [r["val_final_loss_se"] for r in validated],
+            marker="o",
+            ms=3,
+            lw=1.5,
+            label="theta",
+        )
+        axis.axhline(reference.theta0.score, color="tab:gray", ls="--", label="theta0")
+        axis.axhline(
+            reference.adam.score,
+            color="tab:red",
+            ls=":",
+            label=f"Adam (lr {reference.adam_learning_rate:g})",
+        )
+        levels = [reference.theta0.score, reference.adam.score]
+        levels += [r["val_final_loss"] for r in validated]
+        if all(v > 0 and math.isfinite(v) for v in levels):
+            axis.set_yscale("log")
+        axis.set_xlabel("outer step")
+        axis.set_ylabel("validation final training loss")
+        axis.legend(fontsize=8)
+        axis.grid(alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def validation_summary(state: RunState, reference: Reference, last: dict | None) -> dict:
+    """What the run's validation found: the best theta's step and its ratios to the initial
+    theta and the reference Adam, the last theta's score, and a one-line verdict."""
+    best_score = float(state.best_score)
+    improved = int(state.best_step) > 0
+    ratios = reference.ratios(best_score)
+    adam = reference.adam.summary()
+    theta0 = reference.theta0.summary()
+    if not improved:
+        verdict = (
+            "validation never improved on the initial theta: optimizer/ holds theta0, "
+            "meta-training did not help"
+        )
+    else:
+        verdict = (
+            f"best theta at step {int(state.best_step)}: validation loss "
+            f"{ratios['val_vs_theta0']:.3g}x theta0's and {ratios['val_vs_adam']:.3g}x "
+            f"tuned Adam's ({'beats' if ratios['val_vs_adam'] < 1 else 'does not beat'} Adam)"
+        )
+    finite = lambda v: v if v is None or math.isfinite(v) else None
+    summary = {
+        "best_step": int(state.best_step),
+        "best_final_loss": best_score,
+        "best_vs_theta0": ratios["val_vs_theta0"],
+        "best_vs_adam": ratios["val_vs_adam"],
+        "improved_on_theta0": improved,
+        "theta0_final_loss": theta0["final_loss"],
+        "theta0_final_loss_se": theta0["final_loss_se"],
+        "adam_final_loss": adam["final_loss"],
+        "adam_final_loss_se": adam["final_loss_se"],
+        "adam_learning_rate": reference.adam_learning_rate,
+        "last_final_loss": None if last is None else last["val_final_loss"],
+        "verdict": verdict,
+    }
+    return {k: finite(v) if isinstance(v, float) else v for k, v in summary.items()}
 
 
 def _summary(
@@ -185,6 +325,66 @@ def _summary(
     }
 
 
+def validation_settings(config: dict) -> ValidationSettings | None:
+    """The run's validation settings (``None`` when ``validation.every`` is 0)."""
+    options = dict(config["validation"])
+    every = options.pop("every")
+    if every < 0:
+        raise RunError(f"validation.every must be >= 0, got {every}")
+    if every == 0:
+        return None
+    if options["num_steps"] is None:
+        options["num_steps"] = int(config["schedule"]["max_length"])
+    options["adam_learning_rates"] = tuple(options["adam_learning_rates"])
+    try:
+        return ValidationSettings(**options)
+    except ValueError as err:
+        raise RunError(f"invalid validation settings: {err}") from err
+
+
+def prepare_validation(
+    config: dict, parts: Any, trainer: MetaTrainer, run_dir: Path, settings: ValidationSettings
+) -> Validation:
+    """The run's validator and its reference levels, read from ``validation/reference.json``
+    when an earlier process of this run computed them, else computed (the initial theta's
+    validation and a learning-rate sweep of Adam) and written there."""
+    validate = make_validator(parts.task, parts.opt, settings)
+    path = run_dir / REFERENCE_FILE
+    settings_json = json.loads(json.dumps(dataclasses.asdict(settings)))
+    if path.is_file():
+        document = json.loads(path.read_text())
+        if document.get("settings") == settings_json:
+            return Validation(
+                config["validation"]["every"], validate, Reference.from_json(document)
+            )
+    log.info(
+        "validation: scoring theta0 and tuning the reference Adam (%d seeds, %d inner steps)",
+        settings.num_seeds,
+        settings.num_steps,
+    )
+    theta0 = trainer.init(jax.random.PRNGKey(config["seed"])).theta
+    reference = reference_scores(parts.task, validate, theta0, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"settings": settings_json, **reference.to_json()})
+    log.info(
+        "validation reference: theta0 %.4g, Adam %.4g (lr %g)",
+        reference.theta0.score,
+        reference.adam.score,
+        reference.adam_learning_rate,
+    )
+    bound = parts.objective.max_loss
+    if not math.isfinite(reference.theta0.score) or (
+        bound is not None and reference.theta0.score > bound
+    ):
+        log.warning(
+            "the initial theta diverges on the validation runs (final loss %.3g): its steps are "
+            "far too large for %s; lower lopt.alpha",
+            reference.theta0.score,
+            parts.task.name,
+        )
+    return Validation(config["validation"]["every"], validate, reference)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Runs (or resumes) the meta-training ``cfg`` describes, writing into ``run_dir``.
 
@@ -201,6 +401,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     except Exception as err:
         raise RunError(f"invalid config: {err}") from err
     _check_counts(config)
+    settings = validation_settings(config)
     parts = build_parts(config)
     trainer = make_meta_trainer(
         parts.task,
@@ -211,9 +412,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         objective=parts.objective,
     )
     checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=config["keep_checkpoints"])
+    validation = None
     try:
         state, resumed = initial_state(trainer, checkpoints, config)
-        start = int(state.step)
+        start = int(state.meta.step)
         # Nothing is written before this point: a run that cannot start changes nothing.
         run_dir.mkdir(parents=True, exist_ok=True)
         write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
@@ -234,41 +436,87 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             trainer.inner_steps_per_step,
             run_dir,
         )
-        state = _loop(trainer, state, config, checkpoints, files, logger, parts)
-        if checkpoints.latest_step() != int(state.step):
-            checkpoints.save(int(state.step), state, _checkpoint_config(config, parts))
+        if settings is not None:
+            validation = prepare_validation(config, parts, trainer, run_dir, settings)
+            if not resumed:
+                theta0_score = np.float32(validation.reference.theta0.score)
+                state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
+        state = _loop(trainer, state, config, checkpoints, files, logger, parts, validation)
+        if checkpoints.latest_step() != int(state.meta.step):
+            checkpoints.save(int(state.meta.step), state, _checkpoint_config(config, parts))
     finally:
         checkpoints.close()
     files.close()
 
-    optimizer_dir = save_optimizer(run_dir / OPTIMIZER_DIR, parts.opt, jax.device_get(state.theta))
+    last_theta = jax.device_get(state.meta.theta)
+    if validation is None:
+        optimizer_dir = save_optimizer(run_dir / OPTIMIZER_DIR, parts.opt, last_theta)
+    else:
+        optimizer_dir = save_optimizer(
+            run_dir / OPTIMIZER_DIR, parts.opt, jax.device_get(state.best_theta)
+        )
+        save_optimizer(run_dir / LAST_OPTIMIZER_DIR, parts.opt, last_theta)
     if files.records:
         plot_losses(
             files.records,
             run_dir / PLOT_FILE,
             f"{config['name']}: {parts.opt.config.get('name')} on {parts.task.name}",
+            None if validation is None else validation.reference,
         )
     summary = _summary(
         files.records, config, parts, run_dir, start if resumed else 0, time.perf_counter() - begin
     )
+    if validation is not None:
+        validated = [r for r in files.records if math.isfinite(r.get("val_final_loss", math.nan))]
+        summary["validation"] = validation_summary(
+            state, validation.reference, validated[-1] if validated else None
+        )
     write_json(run_dir / SUMMARY_FILE, summary)
     logger.log_optimizer(optimizer_dir)
     logger.finish(summary)
     shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in summary.items()}
+    shown.pop("validation", None)
     log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
+    _report_health(summary, config, parts)
     return summary
+
+
+def _report_health(summary: dict, config: dict, parts: Any) -> None:
+    """Says plainly, at the end, whether the run learned and whether particles diverged."""
+    diverged = summary["num_nonfinite"]
+    if diverged:
+        bound = parts.objective.max_loss
+        log.warning(
+            "%d particle groups diverged (non-finite loss%s) and were reset; if this is "
+            "frequent the learned optimizer's steps are too large for the task",
+            diverged,
+            "" if bound is None else f", or loss above {bound:.3g}",
+        )
+    if "validation" in summary:
+        verdict = summary["validation"]["verdict"]
+        (log.info if summary["validation"]["improved_on_theta0"] else log.warning)(
+            "validation: %s", verdict
+        )
+
+
+def validation_record(scores: ValidationScores, reference: Reference) -> dict[str, float]:
+    """The validation columns of a metrics record."""
+    record = {f"val_{k}": v for k, v in scores.summary().items()}
+    record.update(reference.ratios(scores.score))
+    return record
 
 
 def _loop(
     trainer: MetaTrainer,
-    state: MetaState,
+    state: RunState,
     config: dict,
     checkpoints: Checkpointer,
     files: MetricsFiles,
     logger: Logger,
     parts: Any,
-) -> MetaState:
-    start, steps = int(state.step), config["steps"]
+    validation: Validation | None,
+) -> RunState:
+    start, steps = int(state.meta.step), config["steps"]
     every, log_every = config["checkpoint_every"], config["log_every"]
     bar = tqdm(
         total=steps,
@@ -281,28 +529,46 @@ def _loop(
     )
     totals, count = None, 0
     reference = None  # (time, step) after the first (compiling) step of this process
+    postfix: dict[str, str] = {}
     try:
         for done in range(start + 1, steps + 1):
-            state, metrics = trainer.step(state)
+            meta, metrics = trainer.step(state.meta)
+            state = state._replace(meta=meta)
             totals = _accumulate_jit(totals, metrics)
             count += 1
             bar.update(1)
             if reference is None:
                 jax.block_until_ready(state)
                 reference = (time.perf_counter(), done)
-            if done % log_every == 0 or done == steps:
+            validated: dict[str, float] = {}
+            if validation is not None and (done % validation.every == 0 or done == steps):
+                jax.block_until_ready(state.meta)  # the steps so far count as training time
+                began = time.perf_counter()
+                scores = validation.validate(state.meta.theta)
+                state = keep_best(state, scores, done)
+                validated = validation_record(scores, validation.reference)
+                # Validation time is not meta-training time: keep it out of the throughput.
+                reference = (reference[0] + time.perf_counter() - began, reference[1])
+                postfix.update(
+                    val_vs_adam=f"{validated['val_vs_adam']:.3g}",
+                    val_vs_theta0=f"{validated['val_vs_theta0']:.3g}",
+                )
+            if done % log_every == 0 or done == steps or validated:
                 jax.block_until_ready(totals)
                 now = time.perf_counter()
                 rate = (done - reference[1]) * trainer.inner_steps_per_step / (now - reference[0])
                 rate = rate if done > reference[1] else math.nan
                 record = _interval_record(done, totals, count, rate)
+                if validation is not None:
+                    record.update({key: validated.get(key, math.nan) for key in VALIDATION_KEYS})
                 reference, totals, count = (now, done), None, 0
                 files.write(record)
                 logger.log_metrics(done, record)
-                bar.set_postfix(
+                postfix.update(
                     meta_loss=f"{record['meta_loss']:.4f}",
                     inner_steps_s=f"{rate:.0f}" if math.isfinite(rate) else "-",
                 )
+                bar.set_postfix(postfix)
             if every and done % every == 0:
                 checkpoints.save(done, state, _checkpoint_config(config, parts))
     finally:
@@ -312,7 +578,8 @@ def _loop(
 
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Entry point of ``lopt-train``; returns the final meta-loss (for sweepers)."""
+    """Entry point of ``lopt-train``; returns what a sweeper should minimise: the best
+    validation loss, or the final meta-loss when validation is off."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     for noisy in ("jax", "absl"):  # Hydra logs INFO to the console; these are not for users
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -322,6 +589,8 @@ def main(cfg: DictConfig) -> float | None:
         print(f"lopt-train: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     loss = summary.get("final_meta_loss")
+    if "validation" in summary:
+        loss = summary["validation"]["best_final_loss"]
     return float(loss) if loss is not None and np.isfinite(loss) else None
 
 

@@ -13,6 +13,8 @@ seeds                       used for
 ``0 .. 9_999``              meta-training (convention)
 ``10_000 ..``               evaluation runs (:data:`EVAL_SEED_OFFSET`)
 ``20_000 ..``               baseline learning-rate sweeps (:data:`TUNING_SEED_OFFSET`)
+``30_000 ..``               meta-validation during meta-training
+                            (:data:`VALIDATION_SEED_OFFSET`)
 ==========================  ======================================
 """
 
@@ -28,6 +30,10 @@ EVAL_SEED_OFFSET = 10_000
 
 TUNING_SEED_OFFSET = 20_000
 """First seed of the baselines' learning-rate sweeps."""
+
+VALIDATION_SEED_OFFSET = 30_000
+"""First seed of the meta-validation runs ``lopt-train`` scores its theta on: never used by
+meta-training's own inner runs, nor by an evaluation's or its tuning sweeps' defaults."""
 
 
 def seed_range(count: int, offset: int) -> tuple[int, ...]:
@@ -51,6 +57,22 @@ def evaluation_seeds(count: int, offset: int = EVAL_SEED_OFFSET) -> tuple[int, .
 def tuning_seeds(count: int, offset: int = TUNING_SEED_OFFSET) -> tuple[int, ...]:
     """The seeds of ``count`` runs per learning rate of a baseline sweep."""
     return seed_range(count, offset)
+
+
+def validation_seeds(count: int, offset: int = VALIDATION_SEED_OFFSET) -> tuple[int, ...]:
+    """The seeds of ``count`` meta-validation runs.
+
+    Raises:
+        ValueError: the range reaches below :data:`VALIDATION_SEED_OFFSET` into the
+            meta-training, evaluation or tuning seeds.
+    """
+    seeds = seed_range(count, offset)
+    if offset < VALIDATION_SEED_OFFSET:
+        raise ValueError(
+            f"validation seeds must start at {VALIDATION_SEED_OFFSET} or above (lower seeds "
+            f"belong to meta-training, evaluation and tuning runs), got {offset}"
+        )
+    return seeds
 
 
 def check_disjoint(evaluation: Sequence[int], tuning: Sequence[int]) -> None:

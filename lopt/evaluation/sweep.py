@@ -42,6 +42,7 @@ class SweepResult(NamedTuple):
         best_index: index of the chosen rate.
         num_steps: inner steps of each run.
         tail: steps averaged into the final loss.
+        trajectory: every run, rate-major (run ``g * S + s`` is rate ``g``, seed ``s``).
     """
 
     name: str
@@ -53,10 +54,21 @@ class SweepResult(NamedTuple):
     best_index: int
     num_steps: int
     tail: int
+    trajectory: runner.Trajectory | None = None
 
     @property
     def best_learning_rate(self) -> float:
         return self.learning_rates[self.best_index]
+
+    def runs_of(self, index: int) -> runner.Trajectory:
+        """The runs of the ``index``-th learning rate (one per seed)."""
+        if self.trajectory is None:
+            raise ValueError("this sweep result holds no trajectories")
+        rows = slice(index * len(self.seeds), (index + 1) * len(self.seeds))
+        return self.trajectory._replace(
+            train_loss=self.trajectory.train_loss[rows],
+            test_metrics={k: v[rows] for k, v in self.trajectory.test_metrics.items()},
+        )
 
     @property
     def at_grid_edge(self) -> bool:
@@ -150,4 +162,5 @@ def tune_learning_rate(
         best_index=choose(scores),
         num_steps=num_steps,
         tail=tail,
+        trajectory=trajectory,
     )

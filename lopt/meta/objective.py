@@ -21,7 +21,14 @@ taken of) or a fresh held-out batch (``split="test"``, one extra forward pass pe
   training and keeps one blown-up particle from dominating the estimate.
 
 ``clip`` (optional) caps each transformed value from above, bounding what a particle that has
-started to diverge can contribute while it is still finite.
+started to diverge can contribute while it is still finite; a NaN value becomes ``clip`` (the
+worst value), as in learned_optimization's clipped objectives.
+
+``max_loss`` (optional) is the divergence bound: an inner step whose raw training loss is
+above it counts as diverged, exactly like a non-finite one: the particle's group is left out
+of the estimate, counted in ``num_nonfinite`` and reset. A particle that explodes while its
+loss is still finite (a step size of 1e6 gives losses of 1e28) is then no longer averaged
+into the estimate or the logged meta-loss.
 """
 
 from __future__ import annotations
@@ -45,12 +52,14 @@ class MetaObjective(NamedTuple):
         reduction: ``"mean"`` or ``"final"``.
         transform: ``"none"`` or ``"log"``.
         clip: upper bound on each transformed per-step value, or ``None``.
+        max_loss: raw training loss above which a step counts as diverged, or ``None``.
     """
 
     split: str = "train"
     reduction: str = "mean"
     transform: str = "none"
     clip: float | None = None
+    max_loss: float | None = None
 
     def validate(self) -> MetaObjective:
         """Returns self; raises ``ValueError`` naming the bad field otherwise."""
@@ -64,12 +73,14 @@ class MetaObjective(NamedTuple):
             raise ValueError(
                 f"MetaObjective.transform must be one of {_TRANSFORMS}, got {self.transform!r}"
             )
-        if self.clip is not None and (
-            isinstance(self.clip, bool)
-            or not isinstance(self.clip, int | float)
-            or self.clip != self.clip
-        ):
-            raise ValueError(f"MetaObjective.clip must be a number or None, got {self.clip!r}")
+        for name in ("clip", "max_loss"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float) or value != value
+            ):
+                raise ValueError(f"MetaObjective.{name} must be a number or None, got {value!r}")
+        if self.max_loss is not None and not self.max_loss > 0:
+            raise ValueError(f"MetaObjective.max_loss must be positive, got {self.max_loss!r}")
         return self
 
     @property
@@ -82,8 +93,15 @@ class MetaObjective(NamedTuple):
         if self.transform == "log":
             loss = jnp.log(jnp.maximum(loss, _LOG_FLOOR))
         if self.clip is not None:
-            loss = jnp.minimum(loss, self.clip)
+            loss = jnp.where(jnp.isnan(loss), self.clip, jnp.minimum(loss, self.clip))
         return loss
+
+    def diverged(self, loss: jax.Array) -> jax.Array:
+        """Where a raw per-step loss counts as diverged: non-finite or above ``max_loss``."""
+        bad = ~jnp.isfinite(loss)
+        if self.max_loss is not None:
+            bad = bad | (loss > self.max_loss)
+        return bad
 
     def step_weights(self, ended: jax.Array) -> jax.Array:
         """Weights of per-step values in one unroll's objective.

@@ -62,7 +62,8 @@ class StepRecord(NamedTuple):
         loss: float ``(N,)``, training-minibatch loss of the parameters entering the step.
         objective: float ``(N,)``, per-step meta-objective value (split, transform, clip
             applied; see :mod:`lopt.meta.objective`).
-        finite: bool ``(N,)``, both of the above are finite.
+        finite: bool ``(N,)``, both of the above are finite and the loss is not above the
+            objective's divergence bound (``MetaObjective.max_loss``).
         ended: bool ``(N,)``, this step was the last of its episode.
         reset: bool ``(G,)``, the group was replaced by a fresh episode after this step.
     """
@@ -242,7 +243,7 @@ def make_unroller(
 
         def body(pop: ParticleState, _: None) -> tuple[ParticleState, StepRecord]:
             pop, loss, value = jax.vmap(inner_step)(thetas, pop)
-            finite = jnp.isfinite(loss) & jnp.isfinite(value)
+            finite = ~objective.diverged(loss) & jnp.isfinite(value)
             ended = pop.step == pop.length
             group_reset = group_any((pop.step >= pop.length) | ~finite, group_size)
             if reset:
