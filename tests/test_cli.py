@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -21,7 +22,9 @@ import lopt.cli.schema
 from lopt.checkpoint import Checkpointer
 from lopt.cli.common import RunError, build_parts, outer_optimizer, to_container
 from lopt.cli.export import main as export_main
-from lopt.cli.train import train
+from lopt.cli.train import train, tuned_step_size, with_step_size
+from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
+from lopt.evaluation.validation import ValidationSettings
 from lopt.learned import load_optimizer
 from lopt.meta import default_outer_optimizer
 from lopt.tasks import get_task
@@ -185,6 +188,46 @@ def test_default_outer_optimizer_matches_the_library_default():
         update_a, state_a = ours.update(grad, state_a, theta)
         update_b, state_b = library.update(grad, state_b, theta)
         np.testing.assert_array_equal(update_a["w"], update_b["w"])
+
+
+def test_scalar_meta_parameters_get_their_own_outer_learning_rate():
+    outer = outer_optimizer("adam", 1e-3, warmup_steps=0, scalar_learning_rate=0.1)
+    theta = {"log_alpha": jnp.zeros(()), "network": {"w": jnp.zeros((3,))}}
+    grads = {"log_alpha": jnp.asarray(0.01), "network": {"w": jnp.asarray([0.01, -0.02, 0.03])}}
+    updates, _ = outer.update(grads, outer.init(theta), theta)
+    # Adam's first step moves every coordinate by its learning rate.
+    assert float(updates["log_alpha"]) == pytest.approx(-0.1, rel=1e-4)
+    np.testing.assert_allclose(updates["network"]["w"], [-1e-3, 1e-3, -1e-3], rtol=1e-4)
+    with pytest.raises(ValueError, match="scalar_learning_rate must be positive"):
+        outer_optimizer("adam", 1e-3, scalar_learning_rate=0.0)
+
+
+def test_start_at_tuned_sets_theta0_to_the_tuned_rate_of_its_base():
+    config = composed(["experiment=smoke", "lopt=unf", "lopt.gamma0=0.9"])
+    parts = build_parts(config)
+    settings = ValidationSettings(num_seeds=2, num_steps=20, num_test_batches=1)
+    baseline, rate = tuned_step_size(parts, settings, reference=None)
+    sweep = tune_interior(
+        parts.task,
+        "sgdm",
+        DEFAULT_GRIDS["sgdm"],
+        settings.seeds,
+        20,
+        hyperparameters={"momentum": 0.9},
+    )
+    assert baseline == "sgdm" and rate == sweep.best_learning_rate
+    theta = with_step_size(parts.opt.init_meta(jax.random.key(0)), rate)
+    assert float(jnp.exp(theta["log_alpha"])) == pytest.approx(rate, rel=1e-6)
+    sgdm = build_parts(composed(["experiment=smoke", "lopt=sgdm"])).opt
+    theta = with_step_size(sgdm.init_meta(jax.random.key(0)), 0.3)
+    assert float(jnp.exp(theta["log_learning_rate"])) == pytest.approx(0.3, rel=1e-6)
+    with pytest.raises(RunError, match="start_at_tuned needs validation"):
+        with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+            cfg = compose(
+                config_name="train",
+                overrides=[*FAST, "start_at_tuned=true", "validation.every=0"],
+            )
+        train(cfg, Path("/nonexistent/never-written"))
 
 
 def test_bad_override_on_the_command_line(tmp_path):

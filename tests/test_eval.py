@@ -217,13 +217,17 @@ def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
         "tuning.num_seeds=2",
         "baselines.sgdm.learning_rates=[0.01,0.1]",
         "baselines.adam.learning_rates=[0.001,0.01]",
+        "baselines.adam_cosine.learning_rates=[0.01,0.03]",
+        "max_grid_extensions=0",
         f"out_dir={out}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((out / "results.json").read_text())
-    assert list(summary["optimizers"]) == ["tiny_unf", "sgdm", "adam"]
+    assert list(summary["optimizers"]) == ["tiny_unf", "sgdm", "adam", "adam_cosine"]
+    cosine = summary["optimizers"]["adam_cosine"]["config"]
+    assert cosine["total_steps"] == 20 and cosine["warmup_fraction"] == 0.05
     assert summary["task"]["config"]["width"] == 8
     seeds, tuning = summary["settings"]["seeds"], summary["settings"]["tuning_seeds"]
     assert seeds == [10_000, 10_001] and not set(seeds) & set(tuning)

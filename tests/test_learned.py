@@ -152,6 +152,30 @@ def test_zero_beta_is_optax_momentum_sgd_step_by_step(backbone):
         assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("backbone", ["unf", "deepsets"])
+def test_adam_base_with_a_zero_last_layer_is_optax_adam_step_by_step(backbone):
+    opt = L.make_optimizer(
+        backbone, MLP_SPEC, alpha=0.01, gamma0=0.8, beta=0.5, base="adam", zero_output=True
+    )
+    theta = opt.init_meta(jax.random.key(0))
+    network = theta["network"]
+    last = max(network, key=lambda name: int(name.rsplit("_", 1)[1]))
+    assert all(not np.any(leaf) for leaf in jax.tree.leaves(network[last]))
+    others = [leaf for name in network if name != last for leaf in jax.tree.leaves(network[name])]
+    assert any(np.any(leaf) for leaf in others)  # only the last layer starts at zero
+    alpha, _, gamma0 = L.meta_parameters(theta)
+    reference = optax.adam(float(alpha), b1=float(gamma0), b2=0.999, eps=1e-8)
+    params = mlp_params()
+    ours = run_steps(jax.jit(lambda g, s, p: opt.update(theta, g, s, p)), opt.init(params), params)
+    theirs = run_steps(jax.jit(reference.update), reference.init(params), params)
+    for a, b in zip(ours, theirs, strict=True):
+        assert_trees_close(a, b, rtol=1e-5, atol=1e-7)
+    # Once the network is switched on, it changes the step: the correction is live.
+    theta["network"] = jax.tree.map(lambda x: x + 0.1, network)
+    moved = run_steps(jax.jit(lambda g, s, p: opt.update(theta, g, s, p)), opt.init(params), params)
+    assert not np.allclose(jax.tree.leaves(moved[-1])[0], jax.tree.leaves(ours[-1])[0])
+
+
 def test_initial_meta_parameters_are_the_papers():
     theta = L.make_optimizer("unf", MLP_SPEC).init_meta(jax.random.key(0))
     alpha, beta, gamma0 = L.meta_parameters(theta)
@@ -185,6 +209,24 @@ def test_adam_baseline_matches_optax():
     theirs = run_steps(jax.jit(reference.update), reference.init(params), params)
     for a, b in zip(ours, theirs, strict=True):
         assert_trees_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_adam_cosine_baseline_matches_optax_adam_on_a_warmup_cosine_schedule():
+    opt = L.make_optimizer("adam_cosine", None, learning_rate=0.05, total_steps=8)
+    theta = opt.init_meta(jax.random.key(0))
+    peak = float(jnp.exp(theta["log_learning_rate"]))
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak, 0, 8, end_value=0.0)
+    assert opt.config["warmup_fraction"] == 0.05 and round(0.05 * 8) == 0
+    reference = optax.adam(schedule)
+    params = mlp_params()
+    ours = run_steps(jax.jit(lambda g, s, p: opt.update(theta, g, s, p)), opt.init(params), params)
+    theirs = run_steps(jax.jit(reference.update), reference.init(params), params)
+    for a, b in zip(ours, theirs, strict=True):  # the rate's product rounds in another order
+        assert_trees_close(a, b, rtol=1e-4, atol=1e-6)
+    warm = L.make_optimizer("adam_cosine", None, learning_rate=0.05, total_steps=100)
+    assert warm.config["total_steps"] == 100
+    with pytest.raises(ValueError, match="total_steps must be a positive integer"):
+        L.make_optimizer("adam_cosine", None, learning_rate=0.05, total_steps=0)
 
 
 # --- equivariance of the whole update --------------------------------------------------------
@@ -323,6 +365,10 @@ def test_config_rebuilds_the_optimizer():
         "alpha": 0.3,
         "beta": 0.001,
         "gamma0": 0.9,
+        "base": "sgdm",
+        "b2": 0.999,
+        "eps": 1e-8,
+        "zero_output": False,
     }
     again = L.optimizer_from_config(opt.config, MLP_SPEC)
     assert again.config == opt.config

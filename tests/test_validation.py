@@ -20,13 +20,13 @@ from lopt.evaluation.seeds import (
     tuning_seeds,
     validation_seeds,
 )
+from lopt.evaluation.sweep import tune_interior
 from lopt.evaluation.validation import (
     Reference,
     ValidationScores,
     ValidationSettings,
     make_validator,
     reference_scores,
-    tune_interior,
 )
 from lopt.learned import make_optimizer
 from lopt.meta import MetaObjective, default_outer_optimizer, make_meta_trainer, pes

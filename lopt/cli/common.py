@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import hydra.utils
+import jax
 import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig, OmegaConf
@@ -36,6 +37,7 @@ def outer_optimizer(
     learning_rate: float,
     warmup_steps: int = 0,
     max_grad_norm: float = 1.0,
+    scalar_learning_rate: float | None = None,
     **hyper: Any,
 ) -> optax.GradientTransformation:
     """An optax optimizer for theta: global-norm clipping, then ``optax.<name>`` with a linear
@@ -47,6 +49,10 @@ def outer_optimizer(
         warmup_steps: outer steps over which the rate ramps up linearly, starting at
             ``learning_rate / warmup_steps`` (0: no warmup).
         max_grad_norm: global-norm clipping threshold of the meta-gradient.
+        scalar_learning_rate: peak learning rate of the scalar meta-parameters (every entry
+            of theta but its ``network``: step size, scale, momentum), which an outer
+            optimizer like Adam otherwise moves no faster than each of the network's many
+            weights; ``None``: ``learning_rate``.
         **hyper: further keywords of the optax optimizer (``b1``, ``momentum``, ...).
 
     Returns:
@@ -55,18 +61,36 @@ def outer_optimizer(
     """
     if name not in OUTER_OPTIMIZERS:
         raise ValueError(f"unknown outer optimizer {name!r}; expected one of {OUTER_OPTIMIZERS}")
-    if not learning_rate > 0:
-        raise ValueError(f"outer_opt.learning_rate must be positive, got {learning_rate}")
+    for key, value in (
+        ("learning_rate", learning_rate),
+        ("scalar_learning_rate", scalar_learning_rate),
+    ):
+        if value is not None and not value > 0:
+            raise ValueError(f"outer_opt.{key} must be positive, got {value}")
     if warmup_steps < 0:
         raise ValueError(f"outer_opt.warmup_steps must be >= 0, got {warmup_steps}")
-    if warmup_steps:
 
-        def rate(count: Any) -> Any:
-            return learning_rate * jnp.minimum(1.0, (count + 1) / warmup_steps)
+    def optimizer(peak: float) -> optax.GradientTransformation:
+        if not warmup_steps:
+            return getattr(optax, name)(peak, **hyper)
+        rate = lambda count: peak * jnp.minimum(1.0, (count + 1) / warmup_steps)
+        return getattr(optax, name)(rate, **hyper)
 
-    else:
-        rate = learning_rate
-    return optax.chain(clip_by_global_norm(max_grad_norm), getattr(optax, name)(rate, **hyper))
+    if scalar_learning_rate is None:
+        return optax.chain(clip_by_global_norm(max_grad_norm), optimizer(learning_rate))
+    split = optax.multi_transform(
+        {"network": optimizer(learning_rate), "scalars": optimizer(scalar_learning_rate)},
+        meta_parameter_groups,
+    )
+    return optax.chain(clip_by_global_norm(max_grad_norm), split)
+
+
+def meta_parameter_groups(theta: Any) -> Any:
+    """``"network"`` on the leaves of ``theta["network"]``, ``"scalars"`` on every other."""
+    return {
+        key: jax.tree.map(lambda _, k=key: "network" if k == "network" else "scalars", value)
+        for key, value in theta.items()
+    }
 
 
 def schedule_from(config: Mapping[str, Any]) -> EpisodeSchedule:

@@ -63,6 +63,9 @@ def _default_baselines() -> dict[str, BaselineSweepConfig]:
     return {
         "sgdm": BaselineSweepConfig(list(DEFAULT_GRIDS["sgdm"]), {"momentum": 0.9}),
         "adam": BaselineSweepConfig(list(DEFAULT_GRIDS["adam"]), {}),
+        "adam_cosine": BaselineSweepConfig(
+            list(DEFAULT_GRIDS["adam_cosine"]), {"warmup_fraction": 0.05}
+        ),
     }
 
 
@@ -78,8 +81,9 @@ class EvalConfig:
         num_steps: inner steps per run.
         seed_offset: first evaluation seed.
         tuning: the baselines' sweeps.
-        baselines: ``{sgdm|adam: {learning_rates, hyperparameters}}``; remove one with
-            ``~baselines.sgdm``.
+        baselines: ``{sgdm|adam|adam_cosine: {learning_rates, hyperparameters}}``; remove
+            one with ``~baselines.sgdm``.
+        max_grid_extensions: times a grid is extended past the edge its best rate is on.
         tail_fraction: final loss of a run = its mean training loss over this last fraction.
         num_test_batches: held-out batches averaged into the final held-out metrics.
         log_y: log-scale loss axis (None: automatic).
@@ -95,6 +99,7 @@ class EvalConfig:
     seed_offset: int = EVAL_SEED_OFFSET
     tuning: TuningConfig = field(default_factory=TuningConfig)
     baselines: dict[str, BaselineSweepConfig] = field(default_factory=_default_baselines)
+    max_grid_extensions: int = 4
     tail_fraction: float = 0.1
     num_test_batches: int = 10
     log_y: bool | None = None
@@ -135,6 +140,7 @@ def settings_from(config: dict) -> EvalSettings:
         },
         tail_fraction=config["tail_fraction"],
         num_test_batches=config["num_test_batches"],
+        max_grid_extensions=config["max_grid_extensions"],
     )
     try:
         settings.validate()

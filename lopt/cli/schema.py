@@ -144,6 +144,10 @@ class NFOptimizer:
     alpha: float = NF_DEFAULTS["alpha"]
     beta: float = NF_DEFAULTS["beta"]
     gamma0: float = NF_DEFAULTS["gamma0"]
+    base: str = NF_DEFAULTS["base"]
+    b2: float = NF_DEFAULTS["b2"]
+    eps: float = NF_DEFAULTS["eps"]
+    zero_output: bool = NF_DEFAULTS["zero_output"]
 
 
 @dataclass
@@ -215,6 +219,7 @@ class AdamOuter:
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     max_grad_norm: float = 1.0
+    scalar_learning_rate: float | None = None
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -237,6 +242,7 @@ class SGDOuter:
     learning_rate: float = 1e-2
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    scalar_learning_rate: float | None = None
     momentum: float | None = 0.9
     nesterov: bool = False
 
@@ -341,6 +347,9 @@ class TrainConfig:
             losses count as divergence).
         schedule: inner-episode lengths.
         validation: meta-validation of theta during the run.
+        start_at_tuned: start theta's step size at its base optimizer's learning rate tuned
+            by a sweep on the validation runs (Adam's for the ``adam`` base, SGDM's for
+            ``sgdm``), so meta-training starts from the tuned baseline.
         population: inner runs per meta-gradient estimate (antithetic estimators use
             ``population / 2`` pairs).
         truncation_length: inner steps per estimate (truncated estimators).
@@ -363,6 +372,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    start_at_tuned: bool = False
     population: int = 16
     truncation_length: int = 50
     sigma: float = 0.01

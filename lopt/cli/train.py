@@ -44,6 +44,7 @@ from lopt.cli.common import (
     write_json,
     write_text,
 )
+from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
 from lopt.evaluation.validation import (
     MEASURES,
     Reference,
@@ -342,30 +343,81 @@ def validation_settings(config: dict) -> ValidationSettings | None:
         raise RunError(f"invalid validation settings: {err}") from err
 
 
+STEP_SIZE_KEYS = ("log_alpha", "log_learning_rate")
+"""Where theta stores its step size: the learned rules' ``α``, the baselines' learning rate."""
+
+
+def tuned_step_size(
+    parts: Any, settings: ValidationSettings, reference: Reference
+) -> tuple[str, float]:
+    """The baseline that the learned optimizer's base direction is, and its learning rate
+    tuned at the validation horizon on the validation seeds (Adam's is the reference's)."""
+    config = parts.opt.config
+    base = config.get("base", config["name"])
+    if base == "adam":
+        return "adam", reference.adam_learning_rate
+    if base != "sgdm":
+        raise RunError(f"start_at_tuned: no baseline to tune for optimizer {config['name']!r}")
+    momentum = config.get("gamma0", config.get("momentum"))
+    sweep = tune_interior(
+        parts.task,
+        "sgdm",
+        DEFAULT_GRIDS["sgdm"],
+        settings.seeds,
+        settings.num_steps,
+        tail_fraction=settings.tail_fraction,
+        hyperparameters={"momentum": momentum},
+    )
+    return "sgdm", sweep.best_learning_rate
+
+
+def with_step_size(theta: Any, learning_rate: float) -> Any:
+    """``theta`` with its step size (:data:`STEP_SIZE_KEYS`) set to ``learning_rate``."""
+    key = next((k for k in STEP_SIZE_KEYS if k in theta), None)
+    if key is None:
+        raise RunError(f"start_at_tuned: theta has no step size among {STEP_SIZE_KEYS}")
+    return {**theta, key: jnp.log(jnp.asarray(learning_rate, jnp.float32))}
+
+
 def prepare_validation(
     config: dict, parts: Any, trainer: MetaTrainer, run_dir: Path, settings: ValidationSettings
-) -> Validation:
+) -> tuple[Validation, Any]:
     """The run's validator and its reference levels, read from ``validation/reference.json``
-    when an earlier process of this run computed them, else computed (the initial theta's
-    validation and a learning-rate sweep of Adam) and written there."""
+    when an earlier process of this run computed them, else computed (a learning-rate sweep
+    of Adam and the initial theta's validation) and written there.
+
+    Returns:
+        The validation and the initial theta (with ``start_at_tuned``, its step size is the
+        base optimizer's tuned learning rate).
+    """
     validate = make_validator(parts.task, parts.opt, settings)
     path = run_dir / REFERENCE_FILE
     settings_json = json.loads(json.dumps(dataclasses.asdict(settings)))
+    theta0 = trainer.init(jax.random.PRNGKey(config["seed"])).theta
+    every = config["validation"]["every"]
     if path.is_file():
         document = json.loads(path.read_text())
         if document.get("settings") == settings_json:
-            return Validation(
-                config["validation"]["every"], validate, Reference.from_json(document)
-            )
+            if document.get("start_at_tuned"):
+                theta0 = with_step_size(theta0, document["start_at_tuned"]["learning_rate"])
+            return Validation(every, validate, Reference.from_json(document)), theta0
     log.info(
-        "validation: scoring theta0 and tuning the reference Adam (%d seeds, %d inner steps)",
+        "validation: tuning the reference Adam and scoring theta0 (%d seeds, %d inner steps)",
         settings.num_seeds,
         settings.num_steps,
     )
-    theta0 = trainer.init(jax.random.PRNGKey(config["seed"])).theta
-    reference = reference_scores(parts.task, validate, theta0, settings)
+    reference = reference_scores(parts.task, None, None, settings)
+    tuned = None
+    if config["start_at_tuned"]:
+        baseline, rate = tuned_step_size(parts, settings, reference)
+        tuned = {"baseline": baseline, "learning_rate": rate}
+        theta0 = with_step_size(theta0, rate)
+        log.info(
+            "start_at_tuned: theta0's step size is %s's tuned learning rate %g", baseline, rate
+        )
+    reference = reference._replace(theta0=validate(theta0))
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"settings": settings_json, **reference.to_json()})
+    write_json(path, {"settings": settings_json, "start_at_tuned": tuned, **reference.to_json()})
     log.info(
         "validation reference: theta0 %.4g, Adam %.4g (lr %g)",
         reference.theta0.score,
@@ -382,7 +434,7 @@ def prepare_validation(
             reference.theta0.score,
             parts.task.name,
         )
-    return Validation(config["validation"]["every"], validate, reference)
+    return Validation(every, validate, reference), theta0
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -402,6 +454,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         raise RunError(f"invalid config: {err}") from err
     _check_counts(config)
     settings = validation_settings(config)
+    if config["start_at_tuned"] and settings is None:
+        raise RunError("start_at_tuned needs validation (validation.every > 0)")
     parts = build_parts(config)
     trainer = make_meta_trainer(
         parts.task,
@@ -437,8 +491,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             run_dir,
         )
         if settings is not None:
-            validation = prepare_validation(config, parts, trainer, run_dir, settings)
+            validation, theta0 = prepare_validation(config, parts, trainer, run_dir, settings)
             if not resumed:
+                if config["start_at_tuned"]:
+                    key = jax.random.PRNGKey(config["seed"])
+                    state = fresh_run_state(trainer.init(key, theta0))
                 theta0_score = np.float32(validation.reference.theta0.score)
                 state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
         state = _loop(trainer, state, config, checkpoints, files, logger, parts, validation)

@@ -35,7 +35,7 @@ from lopt.evaluation.seeds import (
     seed_keys,
     tuning_seeds,
 )
-from lopt.evaluation.sweep import DEFAULT_GRIDS, SweepResult, tune_learning_rate
+from lopt.evaluation.sweep import DEFAULT_GRIDS, SweepResult, tune_interior, with_horizon
 from lopt.learned import make_optimizer
 
 TARGET_BASELINE = "adam"
@@ -58,6 +58,8 @@ class EvalSettings:
         baseline_hyperparameters: ``{name: {hyperparameter: value}}`` fixed in the sweep.
         tail_fraction: fraction of final steps averaged into a run's final loss.
         num_test_batches: held-out batches averaged into the final held-out metrics.
+        max_grid_extensions: times a baseline's grid is extended by one rate past an edge
+            its best rate sits on (:func:`lopt.evaluation.sweep.tune_interior`).
     """
 
     num_seeds: int = 5
@@ -74,6 +76,7 @@ class EvalSettings:
     )
     tail_fraction: float = 0.1
     num_test_batches: int = 10
+    max_grid_extensions: int = 4
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -189,12 +192,13 @@ def evaluate(
     for name, grid in settings.baselines.items():
         hyper = dict(settings.baseline_hyperparameters.get(name, {}))
         log(f"tuning {name}: {len(grid)} learning rates x {settings.num_tuning_seeds} seeds")
-        sweeps[name] = tune_learning_rate(
+        sweeps[name] = tune_interior(
             task,
             name,
             grid,
             settings.tuning,
             settings.tuning_steps or settings.num_steps,
+            max_extensions=settings.max_grid_extensions,
             tail_fraction=settings.tail_fraction,
             hyperparameters=hyper,
         )
@@ -222,9 +226,9 @@ def evaluate(
             )
         )
     for name, sweep in sweeps.items():
-        opt = make_optimizer(
-            name, task.spec, learning_rate=sweep.best_learning_rate, **sweep.hyperparameters
-        )
+        # A schedule spans the evaluated run, which may be longer than the tuning runs.
+        hyper = with_horizon(name, sweep.hyperparameters, settings.num_steps)
+        opt = make_optimizer(name, task.spec, learning_rate=sweep.best_learning_rate, **hyper)
         log(f"running tuned {name} on {settings.num_seeds} seeds")
         trajectory = runner.run_seeds(
             task,

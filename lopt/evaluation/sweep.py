@@ -18,13 +18,15 @@ import numpy as np
 from lopt.evaluation import runner, stats
 from lopt.evaluation.seeds import seed_keys
 from lopt.learned import make_optimizer
+from lopt.learned.optimizers import hyperparameters
 
-BASELINES = ("sgdm", "adam")
+BASELINES = ("sgdm", "adam", "adam_cosine")
 """Optimizers whose learning rate the sweep tunes."""
 
 DEFAULT_GRIDS = {
     "sgdm": (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0),
     "adam": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1),
+    "adam_cosine": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3),
 }
 """Default log-grids of learning rates (half-decade steps)."""
 
@@ -77,6 +79,15 @@ class SweepResult(NamedTuple):
             0,
             len(self.learning_rates) - 1,
         )
+
+
+def with_horizon(name: str, hyper: Mapping[str, Any], num_steps: int) -> dict[str, Any]:
+    """``hyper`` plus ``total_steps=num_steps`` for a baseline whose schedule spans its run
+    (``adam_cosine``); other baselines' hyperparameters are returned unchanged."""
+    hyper = dict(hyper)
+    if "total_steps" in hyperparameters(name):
+        hyper["total_steps"] = num_steps
+    return hyper
 
 
 def check_grid(learning_rates: Sequence[float], name: str) -> tuple[float, ...]:
@@ -137,6 +148,7 @@ def tune_learning_rate(
     if "learning_rate" in hyper:
         raise ValueError(f"{name}: learning_rate is tuned by the sweep; do not fix it")
     seeds = tuple(seeds)
+    hyper = with_horizon(name, hyper, num_steps)
     opts = [make_optimizer(name, task.spec, learning_rate=rate, **hyper) for rate in rates]
     thetas = [opt.init_meta(jax.random.key(0)) for opt in opts for _ in seeds]
     keys = np.tile(np.asarray(seed_keys(seeds)), (len(rates), 1))
@@ -164,3 +176,41 @@ def tune_learning_rate(
         tail=tail,
         trajectory=trajectory,
     )
+
+
+def tune_interior(
+    task: Any,
+    name: str,
+    learning_rates: Sequence[float],
+    seeds: Sequence[int],
+    num_steps: int,
+    *,
+    max_extensions: int = 4,
+    **options: Any,
+) -> SweepResult:
+    """:func:`~lopt.evaluation.sweep.tune_learning_rate`, with the grid extended by one
+    point past an edge (the ratio of the grid's last two points) while the best rate is at
+    that edge and the neighbour past it has not diverged, at most ``max_extensions`` times.
+
+    Returns:
+        The last sweep; its ``at_grid_edge`` is false unless the extensions ran out or the
+        best rate sits next to a diverging one (then it is interior in effect).
+    """
+    rates = sorted(float(rate) for rate in learning_rates)
+    sweep = tune_learning_rate(task, name, rates, seeds, num_steps, **options)
+    for _ in range(max_extensions):
+        if not sweep.at_grid_edge:
+            break
+        if sweep.best_index == 0:
+            ratio = rates[1] / rates[0]
+            rates = [rates[0] / ratio, *rates]
+        else:
+            ratio = rates[-1] / rates[-2]
+            rates = [*rates, rates[-1] * ratio]
+        sweep = tune_learning_rate(task, name, rates, seeds, num_steps, **options)
+        if sweep.best_index not in (0, len(rates) - 1):
+            break
+        # The new point lost: the old edge is now interior.
+        if not np.isfinite(sweep.scores[0 if sweep.best_index else -1]):
+            break
+    return sweep

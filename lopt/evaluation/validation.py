@@ -29,13 +29,13 @@ import numpy as np
 
 from lopt.evaluation import runner, stats
 from lopt.evaluation.seeds import VALIDATION_SEED_OFFSET, seed_keys, validation_seeds
-from lopt.evaluation.sweep import SweepResult, tune_learning_rate
+from lopt.evaluation.sweep import tune_interior
 
 PyTree = Any
 
 DEFAULT_ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
 """Learning rates of the reference Adam's sweep (extended at an edge, see
-:func:`tune_interior`)."""
+:func:`lopt.evaluation.sweep.tune_interior`)."""
 
 MEASURES = ("final_loss", "mean_loss", "test_loss")
 """What a validation reports per seed: the evaluation's final training loss (mean over the
@@ -165,44 +165,6 @@ def make_validator(
     return validate
 
 
-def tune_interior(
-    task: Any,
-    name: str,
-    learning_rates: Sequence[float],
-    seeds: Sequence[int],
-    num_steps: int,
-    *,
-    max_extensions: int = 4,
-    **options: Any,
-) -> SweepResult:
-    """:func:`~lopt.evaluation.sweep.tune_learning_rate`, with the grid extended by one
-    point past an edge (the ratio of the grid's last two points) while the best rate is at
-    that edge and the neighbour past it has not diverged, at most ``max_extensions`` times.
-
-    Returns:
-        The last sweep; its ``at_grid_edge`` is false unless the extensions ran out or the
-        best rate sits next to a diverging one (then it is interior in effect).
-    """
-    rates = sorted(float(rate) for rate in learning_rates)
-    sweep = tune_learning_rate(task, name, rates, seeds, num_steps, **options)
-    for _ in range(max_extensions):
-        if not sweep.at_grid_edge:
-            break
-        if sweep.best_index == 0:
-            ratio = rates[1] / rates[0]
-            rates = [rates[0] / ratio, *rates]
-        else:
-            ratio = rates[-1] / rates[-2]
-            rates = [*rates, rates[-1] * ratio]
-        sweep = tune_learning_rate(task, name, rates, seeds, num_steps, **options)
-        if sweep.best_index not in (0, len(rates) - 1):
-            break
-        # The new point lost: the old edge is now interior.
-        if not np.isfinite(sweep.scores[0 if sweep.best_index else -1]):
-            break
-    return sweep
-
-
 class Reference(NamedTuple):
     """The levels a run's validations are read against.
 
@@ -254,11 +216,12 @@ class Reference(NamedTuple):
 
 def reference_scores(
     task: Any,
-    validator: Callable[[PyTree], ValidationScores],
+    validator: Callable[[PyTree], ValidationScores] | None,
     theta0: PyTree,
     settings: ValidationSettings,
 ) -> Reference:
-    """Validates ``theta0`` and tunes the reference Adam on the validation seeds."""
+    """Tunes the reference Adam on the validation seeds and validates ``theta0`` (left
+    ``None`` without a ``validator``, for a caller that picks theta0 from the sweep)."""
     sweep = tune_interior(
         task,
         "adam",
@@ -272,7 +235,7 @@ def reference_scores(
     # validation (the same seeds, horizon, tail and held-out batches).
     adam_scores = scores_from_trajectory(sweep.runs_of(sweep.best_index), settings.tail)
     return Reference(
-        theta0=validator(theta0),
+        theta0=None if validator is None else validator(theta0),
         adam=adam_scores,
         adam_learning_rate=sweep.best_learning_rate,
         adam_grid=tuple(sweep.learning_rates),

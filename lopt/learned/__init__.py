@@ -10,7 +10,7 @@
 
 from lopt.learned import features
 from lopt.learned.base import LearnedOptimizer
-from lopt.learned.baselines import AdamState, SGDMState, make_adam, make_sgdm
+from lopt.learned.baselines import AdamState, SGDMState, make_adam, make_adam_cosine, make_sgdm
 from lopt.learned.export import as_optax, check_theta
 from lopt.learned.features import (
     FEATURE_DECAYS,
@@ -58,6 +58,7 @@ __all__ = [
     "load_learned_optimizer",
     "load_optimizer",
     "make_adam",
+    "make_adam_cosine",
     "make_nf_optimizer",
     "make_optimizer",
     "make_sgdm",

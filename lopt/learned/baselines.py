@@ -3,7 +3,9 @@
 Their hyperparameters are the meta-parameters, so the same meta-training code can tune
 them: ``sgdm`` learns its learning rate and momentum, ``adam`` its learning rate, ``b1``
 and ``b2``. With the initial ``theta`` they reproduce ``optax.sgd(lr, momentum)`` and
-``optax.adam(lr, b1, b2, eps)`` step by step.
+``optax.adam(lr, b1, b2, eps)`` step by step. ``adam_cosine`` is Adam whose learning rate
+follows optax's warmup-cosine schedule over a known number of steps, a stronger baseline
+than a constant rate.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from lopt.learned.base import (
     LearnedOptimizer,
@@ -27,6 +30,7 @@ PyTree = Any
 
 SGDM_DEFAULTS = {"learning_rate": 0.1, "momentum": 0.9}
 ADAM_DEFAULTS = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
+COSINE_DEFAULTS = {"warmup_fraction": 0.05}
 
 
 class SGDMState(NamedTuple):
@@ -162,3 +166,46 @@ def make_adam(
         "eps": float(eps),
     }
     return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)
+
+
+def make_adam_cosine(
+    spec: nfspec.Spec | None = None,
+    *,
+    total_steps: int,
+    learning_rate: float = ADAM_DEFAULTS["learning_rate"],
+    warmup_fraction: float = COSINE_DEFAULTS["warmup_fraction"],
+    b1: float = ADAM_DEFAULTS["b1"],
+    b2: float = ADAM_DEFAULTS["b2"],
+    eps: float = ADAM_DEFAULTS["eps"],
+) -> LearnedOptimizer:
+    """Adam with a warmup-cosine learning rate: ``learning_rate`` times
+    ``optax.warmup_cosine_decay_schedule(0, 1, warmup, total_steps)`` at the update count,
+    where ``warmup = round(warmup_fraction * total_steps)``.
+
+    Args:
+        spec: optional permutation spec; when given, ``init`` checks params against it.
+        total_steps: the run's length: the rate decays to zero over it.
+        learning_rate: the peak rate (stored as ``log_learning_rate``).
+        warmup_fraction: fraction of ``total_steps`` spent ramping up linearly from zero.
+        b1, b2, eps: as :func:`make_adam`.
+    """
+    if not isinstance(total_steps, int) or isinstance(total_steps, bool) or total_steps < 1:
+        raise ValueError(f"total_steps must be a positive integer, got {total_steps!r}")
+    if not 0 <= warmup_fraction < 1:
+        raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction!r}")
+    adam = make_adam(spec, learning_rate=learning_rate, b1=b1, b2=b2, eps=eps)
+    warmup = round(warmup_fraction * total_steps)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, total_steps, end_value=0.0)
+
+    def update(theta, grads, state, params=None, loss=None):
+        updates, new_state = adam.update(theta, grads, state, params, loss)
+        factor = schedule(state.count + (1 if warmup else 0))
+        return jax.tree_util.tree_map(lambda u: (u * factor).astype(u.dtype), updates), new_state
+
+    config = {
+        **adam.config,
+        "name": "adam_cosine",
+        "total_steps": total_steps,
+        "warmup_fraction": float(warmup_fraction),
+    }
+    return adam._replace(update=update, config=config)

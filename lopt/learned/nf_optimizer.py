@@ -1,9 +1,22 @@
 """The UNF paper's learned update rule: momentum SGD plus a learned equivariant correction.
 
-For every tensor ``W`` of the optimised network, with gradient ``g``::
+For every tensor ``W`` of the optimised network, with gradient ``g``, the update is a base
+direction ``d`` plus the network's correction::
 
-    m ← γ0 m + g
-    W ← W − α (m + β f_θ(features, t))
+    W ← W − α (d + β f_θ(features, t))
+
+Two bases (``base``):
+
+* ``"sgdm"`` (the UNF paper's): ``d = m``, ``m ← γ0 m + g``; with ``β f = 0`` this *is*
+  momentum SGD.
+* ``"adam"``: ``d`` is Adam's bias-corrected, normalised direction with first-moment decay
+  ``γ0`` and second-moment decay ``b2``; with ``β f = 0`` this *is* Adam with learning rate
+  ``α``. ``f`` then acts on the normalised scale, where one ``β`` suits every tensor and
+  task (the UNF authors' released code has such an RMS-normalised variant; Celo normalises
+  its network's output too).
+
+``zero_output`` starts the network's last layer at zero, so the initial ``θ`` is exactly the
+base optimizer and meta-training only has to learn the correction.
 
 ``f_θ`` is a neural functional over the whole weight space (:mod:`lopt.nf`) reading the
 19 feature channels of :mod:`lopt.learned.features`. ``α``, ``β`` and ``γ0`` are
@@ -44,6 +57,7 @@ from lopt.nf.layers import NeuralFunctional
 PyTree = Any
 
 BACKBONES = ("unf", "unf_deep", "nfn", "deepsets")
+BASES = ("sgdm", "adam")
 
 DEFAULTS = {
     "hidden": 32,
@@ -52,6 +66,10 @@ DEFAULTS = {
     "alpha": 0.1,
     "beta": 0.001,
     "gamma0": 0.9,
+    "base": "sgdm",
+    "b2": 0.999,
+    "eps": 1e-8,
+    "zero_output": False,
 }
 
 
@@ -62,11 +80,13 @@ class NFOptState(NamedTuple):
         count: int32 scalar, the number of updates applied.
         momentum: ``m`` (accumulated with the learned ``γ0``), one tensor per parameter.
         feature_momenta: the EMA momenta fed to the network, ``(*shape, 6)`` per parameter.
+        second_moment: the ``adam`` base's EMA of squared gradients (``None`` for ``sgdm``).
     """
 
     count: jax.Array
     momentum: PyTree
     feature_momenta: PyTree
+    second_moment: PyTree = None
 
 
 def build_network(backbone: str, spec: nfspec.Spec, hidden: int, depth: int) -> NeuralFunctional:
@@ -127,6 +147,13 @@ def init_features(backbone: str, spec: nfspec.Spec, params: PyTree | None) -> Py
     return jax.tree_util.tree_unflatten(treedef, small)
 
 
+def zero_last_layer(network_params: PyTree) -> PyTree:
+    """The network's parameters with its last layer (highest ``*_<index>`` name) zeroed."""
+    last = max(network_params, key=lambda name: int(name.rsplit("_", 1)[1]))
+    zeroed = jax.tree_util.tree_map(jnp.zeros_like, network_params[last])
+    return {**network_params, last: zeroed}
+
+
 def meta_parameters(theta: PyTree) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``(α, β, γ0)`` from their stored forms in ``theta``."""
     alpha = jnp.exp(theta["log_alpha"])
@@ -145,6 +172,10 @@ def make_nf_optimizer(
     alpha: float = DEFAULTS["alpha"],
     beta: float = DEFAULTS["beta"],
     gamma0: float = DEFAULTS["gamma0"],
+    base: str = DEFAULTS["base"],
+    b2: float = DEFAULTS["b2"],
+    eps: float = DEFAULTS["eps"],
+    zero_output: bool = DEFAULTS["zero_output"],
     example_params: PyTree | None = None,
 ) -> LearnedOptimizer:
     """The learned update rule with a neural-functional backbone.
@@ -158,6 +189,11 @@ def make_nf_optimizer(
         alpha: initial step size α (stored as ``log_alpha``).
         beta: initial scale β of the network's output (stored as ``log_beta``).
         gamma0: initial momentum decay γ0 (stored as ``logit_gamma0``).
+        base: the base direction, ``"sgdm"`` or ``"adam"`` (see the module docstring).
+        b2: second-moment decay of the ``adam`` base (fixed).
+        eps: denominator offset of the ``adam`` base (fixed).
+        zero_output: start the network's last layer at zero (the initial theta is then
+            exactly the base optimizer).
         example_params: params (or ``jax.ShapeDtypeStruct`` tree) giving the lengths of
             axes folded into channels, used by ``init_meta`` when it gets no ``params``.
 
@@ -177,6 +213,12 @@ def make_nf_optimizer(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
         raise ValueError(f"clip must be a positive finite number, got {clip!r}")
+    if base not in BASES:
+        raise ValueError(f"unknown base {base!r}; expected one of {BASES}")
+    if not 0 < b2 < 1:
+        raise ValueError(f"b2 must lie strictly between 0 and 1, got {b2!r}")
+    if not eps >= 0:
+        raise ValueError(f"eps must be non-negative, got {eps!r}")
     initial = {
         "log_alpha": log_positive(alpha, "alpha"),
         "log_beta": log_positive(beta, "beta"),
@@ -188,13 +230,44 @@ def make_nf_optimizer(
 
     def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
         example = init_features(backbone, spec, example_params if params is None else params)
-        variables = init_network(key, example)
-        return {**initial, "network": variables["params"]}
+        network_params = init_network(key, example)["params"]
+        if zero_output:
+            network_params = zero_last_layer(network_params)
+        return {**initial, "network": network_params}
 
     def init(params: PyTree) -> NFOptState:
         validate_params(spec, params)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        return NFOptState(zero_count(), zeros, feats.init_feature_momenta(params))
+        second = zeros if base == "adam" else None
+        return NFOptState(zero_count(), zeros, feats.init_feature_momenta(params), second)
+
+    def base_direction(
+        state: NFOptState, grads: PyTree, gamma0: jax.Array
+    ) -> tuple[PyTree, PyTree, PyTree]:
+        """``(d, momentum, second_moment)`` of the base rule."""
+        if base == "sgdm":
+            momentum = jax.tree_util.tree_map(
+                lambda m, g: (gamma0.astype(m.dtype) * m + g).astype(m.dtype),
+                state.momentum,
+                grads,
+            )
+            return momentum, momentum, None
+        momentum = jax.tree_util.tree_map(
+            lambda m, g: (gamma0 * m + (1 - gamma0) * g).astype(m.dtype), state.momentum, grads
+        )
+        second = jax.tree_util.tree_map(
+            lambda v, g: (b2 * v + (1 - b2) * jnp.square(g)).astype(v.dtype),
+            state.second_moment,
+            grads,
+        )
+        t = (state.count + 1).astype(jnp.float32)
+        correction1, correction2 = 1 - gamma0**t, 1 - b2**t
+        direction = jax.tree_util.tree_map(
+            lambda m, v: ((m / correction1) / (jnp.sqrt(v / correction2) + eps)).astype(m.dtype),
+            momentum,
+            second,
+        )
+        return direction, momentum, second
 
     def update(
         theta: PyTree,
@@ -207,16 +280,14 @@ def make_nf_optimizer(
         params = require_params(params, backbone)
         check_like(params, grads, "gradients", "params")
         alpha, beta, gamma0 = meta_parameters(theta)
-        momentum = jax.tree_util.tree_map(
-            lambda m, g: (gamma0.astype(m.dtype) * m + g).astype(m.dtype), state.momentum, grads
-        )
+        direction, momentum, second = base_direction(state, grads, gamma0)
         feature_momenta = feats.update_feature_momenta(state.feature_momenta, grads)
         inputs = feats.weight_space_features(params, grads, feature_momenta, state.count, clip)
         outputs = network.apply({"params": theta["network"]}, inputs)
         updates = jax.tree_util.tree_map(
-            lambda m, f: (-alpha * (m + beta * f[..., 0])).astype(m.dtype), momentum, outputs
+            lambda d, f: (-alpha * (d + beta * f[..., 0])).astype(d.dtype), direction, outputs
         )
-        return updates, NFOptState(state.count + 1, momentum, feature_momenta)
+        return updates, NFOptState(state.count + 1, momentum, feature_momenta, second)
 
     config = {
         "name": backbone,
@@ -226,5 +297,9 @@ def make_nf_optimizer(
         "alpha": float(alpha),
         "beta": float(beta),
         "gamma0": float(gamma0),
+        "base": base,
+        "b2": float(b2),
+        "eps": float(eps),
+        "zero_output": bool(zero_output),
     }
     return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)

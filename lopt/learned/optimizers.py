@@ -19,6 +19,7 @@ OPTIMIZERS: dict[str, Callable[..., LearnedOptimizer]] = {
     **{backbone: functools.partial(make_nf_optimizer, backbone) for backbone in BACKBONES},
     "sgdm": baselines.make_sgdm,
     "adam": baselines.make_adam,
+    "adam_cosine": baselines.make_adam_cosine,
 }
 """Every optimizer name and its factory ``factory(spec, **hyper)``."""
 
