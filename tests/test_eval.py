@@ -239,6 +239,14 @@ def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
         assert summary["optimizers"][name]["config"]["learning_rate"] == best
     trained = summary["optimizers"]["tiny_unf"]
     assert np.asarray(trained["train_loss"]).shape == (2, 20)
+    tail = summary["settings"]["tail_steps"]
+    final = lambda name: np.asarray(summary["optimizers"][name]["train_loss"])[:, -tail:].mean(1)
+    paired = summary["paired"]["tiny_unf"]
+    assert set(paired) == {"sgdm", "adam", "adam_cosine"}
+    difference = final("tiny_unf") - final("adam")
+    assert paired["adam"]["mean"] == pytest.approx(difference.mean(), rel=1e-9)
+    assert paired["adam"]["se"] == pytest.approx(difference.std(ddof=1) / np.sqrt(2), rel=1e-9)
+    assert "paired over seeds" in (out / "results.md").read_text()
     assert len(trained["curve_mean"]) == 20
     assert set(trained["held_out"]) == {"loss", "accuracy"}
     assert trained["generalization"]["task_changes"] == {"width": [32, 8]}

@@ -94,6 +94,7 @@ def summarize_result(result: EvalResult) -> dict:
         for name, sweep in result.sweeps.items()
     }
     return {
+        "paired": paired_differences(result),
         "task": {"name": result.task_name, "config": result.task_config},
         "settings": {
             "num_steps": settings.num_steps,
@@ -115,6 +116,34 @@ def summarize_result(result: EvalResult) -> dict:
         "optimizers": optimizers,
         "environment": result.environment,
     }
+
+
+def paired_differences(result: EvalResult) -> dict[str, dict[str, dict]]:
+    """Final training loss of every trained optimizer minus every other optimizer's, paired
+    over the evaluation seeds (the same initial parameters and data stream per seed, so
+    seed-to-seed variation cancels).
+
+    Returns:
+        ``{trained: {other: {"mean", "se", "z"}}}`` with ``z = mean / se`` (negative: the
+        trained optimizer is lower); ``None`` values where a difference is not finite.
+    """
+    tail = result.settings.tail
+    finals = {o.label: stats.final_loss(o.trajectory.train_loss, tail) for o in result.optimizers}
+    out: dict[str, dict[str, dict]] = {}
+    for optimizer in result.optimizers:
+        if optimizer.kind != "trained":
+            continue
+        rows = {}
+        for other, values in finals.items():
+            if other == optimizer.label:
+                continue
+            difference = finals[optimizer.label] - values
+            mean = float(difference.mean()) if np.isfinite(difference).all() else math.nan
+            se = float(stats.standard_error(difference))
+            z = mean / se if se > 0 and math.isfinite(mean) else math.nan
+            rows[other] = {"mean": _number(mean), "se": _number(se), "z": _number(z)}
+        out[optimizer.label] = rows
+    return out
 
 
 def _format(mean: float | None, se: float | None, nonfinite: int = 0, total: int = 0) -> str:
@@ -171,6 +200,22 @@ def markdown_table(summary: dict) -> str:
     ]
     if notes:
         lines += ["", *notes]
+    for label, rows in summary.get("paired", {}).items():
+        lines += [
+            "",
+            f"**{label}, paired over seeds** (its final training loss minus the other's; "
+            "z = mean ÷ standard error of the per-seed differences, below −2: lower by more "
+            "than 2 paired s.e.)",
+            "",
+            "| against | difference | z |",
+            "|---|---|---|",
+        ]
+        for other, entry in rows.items():
+            if entry["mean"] is None:
+                lines.append(f"| {other} | not finite | — |")
+            else:
+                z = "—" if entry["z"] is None else f"{entry['z']:.3g}"
+                lines.append(f"| {other} | {entry['mean']:.4g} ± {entry['se']:.2g} | {z} |")
     for name, sweep in summary["sweeps"].items():
         lines += [
             "",
