@@ -166,9 +166,13 @@ def test_find_saved_optimizer_in_run_directories(tmp_path, tiny_task):
     (run / "checkpoints" / "100").mkdir(parents=True)
     assert find_saved_optimizer(run) == saved
     assert find_saved_optimizer(saved) == saved
-    save_fresh(run / "other", tiny_task, "deepsets")
+    save_fresh(run / "optimizer_last", tiny_task, "deepsets")
+    assert find_saved_optimizer(run) == saved  # a run's optimizer/ is its chosen one
+    elsewhere = tmp_path / "elsewhere"
+    save_fresh(elsewhere / "a", tiny_task)
+    save_fresh(elsewhere / "b", tiny_task, "deepsets")
     with pytest.raises(OptimizerLoadError, match="holds 2 saved optimizers"):
-        find_saved_optimizer(run)
+        find_saved_optimizer(elsewhere)
     with pytest.raises(OptimizerLoadError, match="does not exist"):
         find_saved_optimizer(tmp_path / "missing")
     with pytest.raises(OptimizerLoadError, match="no saved optimizer"):

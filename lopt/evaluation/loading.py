@@ -88,13 +88,19 @@ def read_meta_training(directory: str | os.PathLike) -> dict | None:
     }
 
 
+RUN_OPTIMIZER_DIR = "optimizer"
+"""Where a ``lopt-train`` run directory keeps the optimizer it chose."""
+
+
 def is_saved_optimizer(path: Path) -> bool:
     """Whether ``path`` holds both files of a saved optimizer."""
     return (path / CONFIG_FILE).is_file() and (path / THETA_FILE).is_file()
 
 
 def find_saved_optimizer(path: str | os.PathLike) -> Path:
-    """The saved-optimizer directory at ``path``: itself, or the one directory below it.
+    """The saved-optimizer directory at ``path``: itself, a ``lopt-train`` run directory's
+    ``optimizer/`` (the run's chosen theta, next to ``optimizer_last/``), or the one directory
+    below it.
 
     Hidden directories (``.hydra``, ``.git``) are not searched.
 
@@ -112,6 +118,8 @@ def find_saved_optimizer(path: str | os.PathLike) -> Path:
         )
     if is_saved_optimizer(root):
         return root
+    if is_saved_optimizer(root / RUN_OPTIMIZER_DIR):
+        return root / RUN_OPTIMIZER_DIR
     found = []
     for directory, subdirs, _ in os.walk(root):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
