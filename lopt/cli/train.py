@@ -44,6 +44,7 @@ from lopt.cli.common import (
     write_json,
     write_text,
 )
+from lopt.evaluation.evaluate import environment
 from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
 from lopt.evaluation.validation import (
     MEASURES,
@@ -323,6 +324,7 @@ def _summary(
         "wall_time_sec": round(seconds, 2),
         "run_dir": str(run_dir),
         "optimizer_dir": str(run_dir / OPTIMIZER_DIR),
+        "environment": environment(),
     }
 
 
@@ -533,6 +535,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     logger.finish(summary)
     shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in summary.items()}
     shown.pop("validation", None)
+    shown.pop("environment", None)
     log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
     _report_health(summary, config, parts)
     return summary

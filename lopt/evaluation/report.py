@@ -231,7 +231,12 @@ def markdown_table(summary: dict) -> str:
             + " |",
         ]
     env = summary["environment"]
-    lines += ["", f"Measured with jax {env['jax']} on {env['backend']} ({env['device']}).", ""]
+    commit = f", lopt commit {env['commit']}" if env.get("commit") else ""
+    lines += [
+        "",
+        f"Measured with jax {env['jax']} on {env['backend']} ({env['device']}){commit}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
