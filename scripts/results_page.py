@@ -1,0 +1,147 @@
+"""Regenerates docs/results.md and docs/results/<task>/ from finished runs, never by hand.
+
+    python scripts/results_page.py docs/results/manifest.yaml
+
+The manifest names, per task, the ``lopt-train`` run directories (by label), the
+``lopt-eval`` output directories (by label) and the lever-study runs:
+
+    title: ...
+    intro: ...                # a paragraph of context (budgets, machine, what ran at once)
+    tasks:
+      mlp_digits:
+        notes: ...            # optional paragraph under the task's heading
+        meta_training: {unf: runs/final/mlp/unf, deepsets: runs/final/mlp/deepsets}
+        evaluations: {horizon: runs/final/eval/mlp}
+        levers: [runs/levers/mlp/E2, ...]
+
+Everything else comes from the runs' own files: the commands (``.hydra/overrides.yaml``),
+the source commit and budgets (``summary.json``, ``results.json``), the validation curves
+(``loss.png``), the evaluation tables (``results.md``) and paired differences, and the
+learned scalars (``optimizer/theta.msgpack``). Each task's files are copied into
+docs/results/<task>/ so the page stands on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from lever_table import _number, scalars, table
+
+from lopt.learned.serialization import read_theta
+
+DOCS = Path("docs")
+MAX_COPIED_JSON = 1 << 20  # per-seed curves of long evaluations stay in their run directory
+
+
+def command(directory: Path, program: str) -> str:
+    overrides = yaml.safe_load((directory / ".hydra" / "overrides.yaml").read_text())
+    return " ".join([program, *(f"'{o}'" if "[" in o else o for o in overrides)])
+
+
+def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[str]:
+    lines = [
+        "| optimizer | outer steps | wall time (s) | inner steps/s | best θ at step | "
+        "validation ÷ θ0 | validation ÷ Adam | learned scalars (best θ) | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    commands, figures = [], []
+    for label, path in runs.items():
+        run = Path(path)
+        summary = json.loads((run / "summary.json").read_text())
+        validation = summary.get("validation") or {}
+        learned = scalars(read_theta(run / "optimizer"))
+        lines.append(
+            f"| {label} | {summary['steps']} | {_number(summary['wall_time_sec'], 4)} | "
+            f"{_number(summary['inner_steps_per_sec'])} | {validation.get('best_step', '—')} | "
+            f"{_number(validation.get('best_vs_theta0'))} | "
+            f"{_number(validation.get('best_vs_adam'))} | "
+            + ", ".join(f"{k} {_number(v)}" for k, v in learned.items())
+            + f" | {(summary.get('environment') or {}).get('commit', '—')} |"
+        )
+        commands.append(command(run, "lopt-train"))
+        target = out / f"{label}_training"
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("loss.png", "summary.json", "metrics.jsonl", "config.yaml"):
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        shutil.copytree(run / "optimizer", target / "optimizer", dirs_exist_ok=True)
+        figures.append(f"![{label} meta-training](results/{task}/{label}_training/loss.png)")
+    return [*lines, "", "```bash", *commands, "```", "", *figures]
+
+
+def evaluation_section(task: str, evaluations: dict[str, str], out: Path) -> list[str]:
+    lines: list[str] = []
+    for label, path in evaluations.items():
+        directory = Path(path)
+        target = out / label
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("results.md", "curves.png"):
+            shutil.copy2(directory / name, target / name)
+        if (directory / "results.json").stat().st_size <= MAX_COPIED_JSON:
+            shutil.copy2(directory / "results.json", target / "results.json")
+        report = (directory / "results.md").read_text().split("\n", 2)[2]  # drop the title
+        lines += [
+            f"#### {label}",
+            "",
+            "```bash",
+            command(directory, "lopt-eval"),
+            "```",
+            "",
+            report.strip(),
+            "",
+            f"![{task} {label}](results/{task}/{label}/curves.png)",
+            "",
+        ]
+    return lines
+
+
+def task_section(task: str, entry: dict) -> list[str]:
+    out = DOCS / "results" / task
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"## {task}", ""]
+    if entry.get("notes"):
+        lines += [entry["notes"].strip(), ""]
+    if entry.get("meta_training"):
+        lines += [
+            "### Meta-training",
+            "",
+            *meta_training_section(task, entry["meta_training"], out),
+        ]
+    if entry.get("evaluations"):
+        lines += ["", "### Evaluation on held-out seeds", ""]
+        lines += evaluation_section(task, entry["evaluations"], out)
+    if entry.get("levers"):
+        runs = [Path(p) for p in entry["levers"] if (Path(p) / "summary.json").is_file()]
+        lever_text = table(runs)
+        (out / "levers.md").write_text(lever_text)
+        lines += [
+            "### Levers tried (validation on the validation seeds, not the evaluation's)",
+            "",
+            lever_text,
+        ]
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("manifest", type=Path)
+    args = parser.parse_args()
+    manifest = yaml.safe_load(args.manifest.read_text())
+    lines = [f"# {manifest['title']}", "", manifest.get("intro", "").strip(), ""]
+    lines.append(
+        "Generated by `python scripts/results_page.py "
+        f"{args.manifest}` from the runs' own files; do not edit by hand."
+    )
+    lines.append("")
+    for task, entry in manifest["tasks"].items():
+        lines += task_section(task, entry)
+    (DOCS / "results.md").write_text("\n".join(lines).rstrip() + "\n")
+    print(f"wrote {DOCS / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
