@@ -237,6 +237,19 @@ def test_bad_override_on_the_command_line(tmp_path):
     assert not (tmp_path / "runs").exists()  # nothing was started
 
 
+@pytest.mark.parametrize(
+    "extra", [["+mesh=4", "+devices=4"], ["+task.foo=1"], ["+validation.every_other=2"]]
+)
+def test_keys_added_with_plus_are_rejected_not_ignored(extra, tmp_path):
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*FAST, *extra])
+    names = sorted(o.split("=")[0].lstrip("+") for o in extra)
+    with pytest.raises(RunError, match="unknown config keys") as error:
+        train(cfg, tmp_path / "run")
+    assert all(name in str(error.value) for name in names)
+    assert not (tmp_path / "run").exists()
+
+
 # -- end-to-end runs ------------------------------------------------------------------------
 
 
@@ -284,12 +297,22 @@ def test_smoke_run_leaves_optimizer_plot_summary_and_metrics(smoke_run):
     assert (run_dir / "wandb_id").read_text().strip() in offline[0].name
 
 
-def test_exported_optimizer_trains_in_a_plain_optax_loop(smoke_run, tmp_path):
+def test_exported_optimizer_trains_in_a_plain_optax_loop(smoke_run, tmp_path, capsys):
     run_dir, _ = smoke_run
     export_main([str(run_dir), "-o", str(tmp_path / "exported")])
     exported = (tmp_path / "exported" / "theta.msgpack").read_bytes()
     assert exported == (run_dir / "optimizer" / "theta.msgpack").read_bytes()
     export_main([str(run_dir), "-o", str(tmp_path / "last"), "--theta", "last"])
+    (tmp_path / "a_file").write_text("keep me")
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_dir" / "notes.txt").write_text("keep me")
+    for target, message in (("a_file", "is not a directory"), ("a_dir", "non-empty directory")):
+        with pytest.raises(SystemExit) as exit_info:
+            export_main([str(run_dir), "-o", str(tmp_path / target)])
+        assert exit_info.value.code == 1
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "a_file").read_text() == "keep me"
+    assert sorted(p.name for p in (tmp_path / "a_dir").iterdir()) == ["notes.txt"]
     last = (tmp_path / "last" / "theta.msgpack").read_bytes()
     assert last == (run_dir / "optimizer_last" / "theta.msgpack").read_bytes()
 

@@ -160,6 +160,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
         OptimizerLoadError: an optimizer is missing, unreadable or does not fit the task.
         EvalConfigError: inconsistent settings.
     """
+    unknown = schema.unknown_keys(cfg)
+    if unknown:
+        raise EvalConfigError(
+            f"unknown config keys {unknown}: lopt.cli.eval.EvalConfig and the task schemas "
+            "have no such options; `lopt-eval --cfg job` lists the known ones"
+        )
     config = to_container(cfg)
     settings = settings_from(config)
     paths, labels = config["optimizers"], config["labels"]

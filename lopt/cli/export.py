@@ -78,6 +78,17 @@ def export(
     """
     if which not in THETAS:
         raise RunError(f"which theta: expected one of {THETAS}, got {which!r}")
+    target = Path(output)
+    if target.exists() and not target.is_dir():
+        raise RunError(
+            f"{target} exists and is not a directory: the output is a saved-optimizer "
+            "directory (config.json and theta.msgpack); choose another -o"
+        )
+    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+        raise RunError(
+            f"{target} is a non-empty directory that holds no saved optimizer; refusing to "
+            "write into it (choose another -o)"
+        )
     checkpoints, step = locate(path, step)
     with checkpoints:
         leaves, meta = checkpoints.restore_leaves(step)

@@ -26,6 +26,7 @@ every estimator and ``-m estimator=pes,tbptt`` sweeps compare like with like.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -425,6 +426,30 @@ SCHEMAS: dict[str, dict[str, type]] = {
     "logger": {"none": NoLogger, "console": ConsoleLogger, "wandb": WandbLogger},
 }
 """Schema of each config group, by kind: ``/schema/<group>/<kind>`` in the ConfigStore."""
+
+
+def unknown_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of a composed config that its schema dataclasses do not define.
+
+    Hydra's ``+key=value`` adds a key even to a structured config; such a key would be
+    recorded in the run's config and silently ignored, so the tools reject it.
+    """
+    from omegaconf import DictConfig
+
+    if not isinstance(cfg, DictConfig):
+        return []
+    schema = OmegaConf.get_type(cfg)
+    fields = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    )
+    found = []
+    for key in cfg:
+        where = f"{prefix}{key}"
+        if fields is not None and key not in fields:
+            found.append(where)
+        elif fields is not None or schema is dict:
+            found.extend(unknown_keys(cfg._get_node(key), f"{where}."))
+    return found
 
 
 def register_configs() -> None:

@@ -450,6 +450,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """
     begin = time.perf_counter()
     run_dir = Path(run_dir).absolute()
+    unknown = schema.unknown_keys(cfg)
+    if unknown:
+        raise RunError(
+            f"unknown config keys {unknown}: the schema (lopt.cli.schema.TrainConfig and the "
+            "groups' schemas) has no such options; `lopt-train --cfg job` lists the known ones"
+        )
     try:
         config = to_container(cfg)
     except Exception as err:
