@@ -8,8 +8,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-install: $(BIN)/python
+STAMP := $(VENV)/.installed
+
+install: $(STAMP)
+
+# An editable install: only a change to pyproject.toml (dependencies, entry points, package
+# list) needs pip again; source changes are picked up as they are.
+$(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
