@@ -188,7 +188,12 @@ def test_load_for_task_wider_model_and_mismatched_architecture(tmp_path, tiny_ta
         "schedule:\n  min_length: 10\n  max_length: 10\nseed: 0\n"
     )
     wider = load_for_task(tmp_path / "run", tasks.get_task("mlp_digits", width=16))
-    assert wider.label == "run" and wider.directory == str(saved)
+    assert wider.label == "run unf" and wider.directory == str(saved)
+    # A lopt-train run directory (named by date and time) is labelled by its run name.
+    (tmp_path / "run" / "config.yaml").write_text(
+        (tmp_path / "run" / "config.yaml").read_text() + "name: mlp\n"
+    )
+    assert load_for_task(saved, tasks.get_task("mlp_digits", width=16)).label == "mlp unf"
     assert wider.meta_training["task"] == {"name": "mlp_digits", "config": {"width": 8}}
     assert wider.meta_training["horizon"] == 10
     with pytest.raises(OptimizerLoadError, match="does not fit task 'cnn_digits'"):

@@ -65,8 +65,8 @@ def read_meta_training(directory: str | os.PathLike) -> dict | None:
     Reads ``config.yaml`` of the saved directory's parent (the run directory).
 
     Returns:
-        ``{"run_dir", "task" (name and sizes), "horizon" (longest inner episode),
-        "seed"}``, or None when there is no readable run config.
+        ``{"run_dir", "name" (the run's name), "task" (name and sizes), "horizon" (longest
+        inner episode), "seed"}``, or None when there is no readable run config.
     """
     path = Path(directory).resolve().parent / RUN_CONFIG_FILE
     if not path.is_file():
@@ -82,6 +82,7 @@ def read_meta_training(directory: str | os.PathLike) -> dict | None:
     schedule = config.get("schedule") if isinstance(config.get("schedule"), dict) else {}
     return {
         "run_dir": str(path.parent),
+        "name": config.get("name"),
         "task": {"name": target.rsplit(".", 1)[-1] or None, "config": task},
         "horizon": schedule.get("max_length"),
         "seed": config.get("seed"),
@@ -138,11 +139,18 @@ def find_saved_optimizer(path: str | os.PathLike) -> Path:
     return found[0]
 
 
-def default_label(source: str | os.PathLike, directory: Path) -> str:
-    """A label from the path: the run directory's name, else the saved directory's name."""
+def default_label(
+    source: str | os.PathLike, directory: Path, backbone: str, meta_training: dict | None
+) -> str:
+    """A label for plots and tables: ``<run name> <backbone>`` for an optimizer saved by
+    ``lopt-train`` (whose run directories are named by date and time), else the directory
+    name given (or the saved directory's) with the backbone."""
+    if meta_training and meta_training.get("name"):
+        return f"{meta_training['name']} {backbone}"
     source_path = Path(source)
     name = source_path.resolve().name if source_path.resolve() != directory.resolve() else ""
-    return name or directory.resolve().name
+    name = name or directory.resolve().name
+    return name if backbone in name else f"{name} {backbone}"
 
 
 def load_for_task(path: str | os.PathLike, task: Any, label: str | None = None) -> LoadedOptimizer:
@@ -180,12 +188,13 @@ def load_for_task(path: str | os.PathLike, task: Any, label: str | None = None) 
         check_theta(opt, theta, example)
     except ValueError as err:
         raise OptimizerLoadError(f"{mismatch}: {err}") from err
+    meta_training = read_meta_training(directory)
     return LoadedOptimizer(
-        label=label or default_label(path, directory),
+        label=label or default_label(path, directory, config["name"], meta_training),
         source=str(path),
         directory=str(directory),
         opt=opt,
         theta=theta,
         config=config,
-        meta_training=read_meta_training(directory),
+        meta_training=meta_training,
     )
