@@ -96,6 +96,7 @@ def final_leaves(run_dir: Path) -> tuple[int, list[np.ndarray]]:
 
 def test_config_groups_are_complete():
     assert set(EXPERIMENTS) >= {"mlp", "cnn", "rnn", "transformer", "smoke", "demo"}
+    assert {p.stem for p in (CONFIGS / "recipe").glob("*.yaml")} == {"tuned", "paper"}
     assert set(GROUPS["lopt"]) == {"unf", "unf_deep", "nfn", "deepsets", "sgdm", "adam"}
     assert set(GROUPS["estimator"]) == {"pes", "tbptt", "es"}
     assert set(GROUPS["task"]) == {
@@ -127,6 +128,29 @@ def test_every_experiment_composes_and_builds(experiment):
     assert parts.schedule.max_length == config["schedule"]["max_length"]
     bound = config["objective"]["max_loss_factor"] * parts.task.chance_loss
     assert parts.objective.max_loss == pytest.approx(bound)
+
+
+@pytest.mark.parametrize("lopt", ["unf", "deepsets", "sgdm"])
+def test_recipes_set_the_method_and_paper_is_the_papers_setting(lopt):
+    paper = composed(["experiment=mlp", f"lopt={lopt}", "recipe=paper"])
+    assert (paper["population"], paper["truncation_length"], paper["sigma"]) == (16, 50, 0.01)
+    assert paper["objective"]["transform"] == "none" and not paper["start_at_tuned"]
+    assert paper["outer_opt"]["learning_rate"] == 1e-3
+    assert paper["outer_opt"]["scalar_learning_rate"] is None
+    tuned = composed(["experiment=mlp", f"lopt={lopt}"])
+    assert tuned["start_at_tuned"] and tuned["objective"]["transform"] == "log"
+    if lopt != "sgdm":
+        parts = build_parts(paper)
+        assert {k: parts.opt.config[k] for k in ("base", "alpha", "beta", "gamma0")} == {
+            "base": "sgdm",
+            "alpha": 0.1,
+            "beta": 0.001,
+            "gamma0": 0.9,
+        }
+        assert build_parts(tuned).opt.config["base"] == "adam"
+        assert build_parts(tuned).opt.config["zero_output"]
+    else:
+        assert build_parts(tuned).opt.config["name"] == "sgdm"
 
 
 @pytest.mark.parametrize(
@@ -203,7 +227,7 @@ def test_scalar_meta_parameters_get_their_own_outer_learning_rate():
 
 
 def test_start_at_tuned_sets_theta0_to_the_tuned_rate_of_its_base():
-    config = composed(["experiment=smoke", "lopt=unf", "lopt.gamma0=0.9"])
+    config = composed(["experiment=smoke", "lopt=unf", "lopt.base=sgdm", "lopt.gamma0=0.9"])
     parts = build_parts(config)
     settings = ValidationSettings(num_seeds=2, num_steps=20, num_test_batches=1)
     baseline, rate = tuned_step_size(parts, settings, reference=None)

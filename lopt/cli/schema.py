@@ -338,6 +338,19 @@ class ScheduleConfig:
 
 
 @dataclass
+class RecipeConfig:
+    """How a learned rule starts (the ``recipe`` group's ``recipe`` node; the ``unf``,
+    ``unf_deep``, ``nfn`` and ``deepsets`` options read it): see
+    :func:`lopt.learned.make_nf_optimizer`."""
+
+    base: str = NF_DEFAULTS["base"]
+    alpha: float = NF_DEFAULTS["alpha"]
+    beta: float = NF_DEFAULTS["beta"]
+    gamma0: float = NF_DEFAULTS["gamma0"]
+    zero_output: bool = NF_DEFAULTS["zero_output"]
+
+
+@dataclass
 class TrainConfig:
     """The ``lopt-train`` config (``configs/train.yaml``).
 
@@ -348,6 +361,8 @@ class TrainConfig:
             losses count as divergence).
         schedule: inner-episode lengths.
         validation: meta-validation of theta during the run.
+        recipe: the learned rules' initial base, step size, scale, momentum and last layer
+            (set by the ``recipe`` group: ``tuned``, the default, or ``paper``).
         start_at_tuned: start theta's step size at its base optimizer's learning rate tuned
             by a sweep on the validation runs (Adam's for the ``adam`` base, SGDM's for
             ``sgdm``), so meta-training starts from the tuned baseline.
@@ -373,6 +388,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
     start_at_tuned: bool = False
     population: int = 16
     truncation_length: int = 50
