@@ -22,7 +22,8 @@ import lopt.cli.schema
 from lopt.checkpoint import Checkpointer
 from lopt.cli.common import RunError, build_parts, outer_optimizer, to_container
 from lopt.cli.export import main as export_main
-from lopt.cli.train import train, tuned_step_size, with_step_size
+from lopt.cli.run_validation import tuned_step_size, with_step_size
+from lopt.cli.train import train
 from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
 from lopt.evaluation.validation import ValidationSettings
 from lopt.learned import load_optimizer

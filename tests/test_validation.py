@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.cli.train import fresh_run_state, keep_best
+from lopt.cli.run_validation import fresh_run_state, keep_best
 from lopt.evaluation import runner, stats
 from lopt.evaluation.seeds import (
     EVAL_SEED_OFFSET,

@@ -15,15 +15,13 @@ and a tuned Adam's validation), and at the end ``optimizer/`` (the best theta by
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import hydra
 import jax
@@ -44,16 +42,20 @@ from lopt.cli.common import (
     write_json,
     write_text,
 )
-from lopt.evaluation.evaluate import environment
-from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
-from lopt.evaluation.validation import (
-    MEASURES,
-    Reference,
-    ValidationScores,
-    ValidationSettings,
-    make_validator,
-    reference_scores,
+from lopt.cli.run_validation import (
+    LAST_OPTIMIZER_DIR,
+    VALIDATION_KEYS,
+    RunState,
+    Validation,
+    fresh_run_state,
+    keep_best,
+    prepare_validation,
+    validation_record,
+    validation_settings,
+    validation_summary,
 )
+from lopt.evaluation.evaluate import environment
+from lopt.evaluation.validation import Reference
 from lopt.learned import save_optimizer
 from lopt.loggers import Logger, MetricsFiles
 from lopt.meta import MetaState, MetaTrainer, make_meta_trainer
@@ -62,44 +64,10 @@ log = logging.getLogger("lopt.train")
 
 CHECKPOINT_DIR = "checkpoints"
 OPTIMIZER_DIR = "optimizer"
-LAST_OPTIMIZER_DIR = "optimizer_last"
-REFERENCE_FILE = "validation/reference.json"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "loss.png"
 _COUNTS = ("num_episodes_ended", "num_nonfinite", "skipped")
-VALIDATION_KEYS = (
-    *(f"val_{name}{suffix}" for name in MEASURES for suffix in ("", "_se")),
-    "val_vs_adam",
-    "val_vs_theta0",
-)
-"""The validation columns of ``metrics.jsonl``/``.csv`` (empty on steps not validated)."""
-
-
-class RunState(NamedTuple):
-    """What a checkpoint of a ``lopt-train`` run holds.
-
-    Attributes:
-        meta: the meta-training state.
-        best_theta: the theta with the lowest validation score so far (the initial theta
-            before any validation, or the current theta when validation is off).
-        best_step: int32, the outer step of ``best_theta`` (0: the initial theta).
-        best_score: float32, its validation score (mean final training loss; ``inf`` when
-            not validated).
-    """
-
-    meta: MetaState
-    best_theta: Any
-    best_step: Any
-    best_score: Any
-
-
-class Validation(NamedTuple):
-    """A run's meta-validation: how often, the validating function, the reference levels."""
-
-    every: int
-    validate: Any
-    reference: Reference
 
 
 def check_compatible(saved: dict, current: dict) -> None:
@@ -159,30 +127,6 @@ def initial_state(
     check_compatible(saved.get("run", {}), config)
     like = jax.eval_shape(lambda k: fresh_run_state(trainer.init(k)), key)
     return checkpoints.restore(latest, like=like), True
-
-
-def fresh_run_state(meta: MetaState) -> RunState:
-    """The run state of a new run: its best theta is the initial one, not yet validated."""
-    return RunState(
-        meta=meta,
-        best_theta=meta.theta,
-        best_step=jnp.zeros((), jnp.int32),
-        best_score=jnp.full((), jnp.inf, jnp.float32),
-    )
-
-
-def keep_best(state: RunState, scores: ValidationScores, step: int) -> RunState:
-    """``state`` with ``best_*`` moved to the current theta if it validates strictly better
-    (compared in float32, the precision the checkpoint keeps, so a resumed run decides
-    exactly as an uninterrupted one)."""
-    score = np.float32(scores.score)
-    if not score < np.float32(state.best_score):
-        return state
-    return state._replace(
-        best_theta=state.meta.theta,
-        best_step=jnp.asarray(step, jnp.int32),
-        best_score=jnp.asarray(score, jnp.float32),
-    )
 
 
 def _checkpoint_config(config: dict, parts: Any) -> dict:
@@ -265,45 +209,14 @@ def plot_losses(
     return path
 
 
-def validation_summary(state: RunState, reference: Reference, last: dict | None) -> dict:
-    """What the run's validation found: the best theta's step and its ratios to the initial
-    theta and the reference Adam, the last theta's score, and a one-line verdict."""
-    best_score = float(state.best_score)
-    improved = int(state.best_step) > 0
-    ratios = reference.ratios(best_score)
-    adam = reference.adam.summary()
-    theta0 = reference.theta0.summary()
-    if not improved:
-        verdict = (
-            "validation never improved on the initial theta: optimizer/ holds theta0, "
-            "meta-training did not help"
-        )
-    else:
-        verdict = (
-            f"best theta at step {int(state.best_step)}: validation loss "
-            f"{ratios['val_vs_theta0']:.3g}x theta0's and {ratios['val_vs_adam']:.3g}x "
-            f"tuned Adam's ({'beats' if ratios['val_vs_adam'] < 1 else 'does not beat'} Adam)"
-        )
-    finite = lambda v: v if v is None or math.isfinite(v) else None
-    summary = {
-        "best_step": int(state.best_step),
-        "best_final_loss": best_score,
-        "best_vs_theta0": ratios["val_vs_theta0"],
-        "best_vs_adam": ratios["val_vs_adam"],
-        "improved_on_theta0": improved,
-        "theta0_final_loss": theta0["final_loss"],
-        "theta0_final_loss_se": theta0["final_loss_se"],
-        "adam_final_loss": adam["final_loss"],
-        "adam_final_loss_se": adam["final_loss_se"],
-        "adam_learning_rate": reference.adam_learning_rate,
-        "last_final_loss": None if last is None else last["val_final_loss"],
-        "verdict": verdict,
-    }
-    return {k: finite(v) if isinstance(v, float) else v for k, v in summary.items()}
-
-
 def _summary(
-    records: list[dict], config: dict, parts: Any, run_dir: Path, start: int, seconds: float
+    records: list[dict],
+    config: dict,
+    parts: Any,
+    run_dir: Path,
+    start: int,
+    seconds: float,
+    measured_on: dict,
 ) -> dict:
     finite = lambda key: [r[key] for r in records if math.isfinite(r.get(key, math.nan))]
     losses, rates = finite("meta_loss"), finite("inner_steps_per_sec")
@@ -324,119 +237,8 @@ def _summary(
         "wall_time_sec": round(seconds, 2),
         "run_dir": str(run_dir),
         "optimizer_dir": str(run_dir / OPTIMIZER_DIR),
-        "environment": environment(),
+        "environment": measured_on,
     }
-
-
-def validation_settings(config: dict) -> ValidationSettings | None:
-    """The run's validation settings (``None`` when ``validation.every`` is 0)."""
-    options = dict(config["validation"])
-    every = options.pop("every")
-    if every < 0:
-        raise RunError(f"validation.every must be >= 0, got {every}")
-    if every == 0:
-        return None
-    if options["num_steps"] is None:
-        options["num_steps"] = int(config["schedule"]["max_length"])
-    options["adam_learning_rates"] = tuple(options["adam_learning_rates"])
-    try:
-        return ValidationSettings(**options)
-    except ValueError as err:
-        raise RunError(f"invalid validation settings: {err}") from err
-
-
-STEP_SIZE_KEYS = ("log_alpha", "log_learning_rate")
-"""Where theta stores its step size: the learned rules' ``α``, the baselines' learning rate."""
-
-
-def tuned_step_size(
-    parts: Any, settings: ValidationSettings, reference: Reference
-) -> tuple[str, float]:
-    """The baseline that the learned optimizer's base direction is, and its learning rate
-    tuned at the validation horizon on the validation seeds (Adam's is the reference's)."""
-    config = parts.opt.config
-    base = config.get("base", config["name"])
-    if base == "adam":
-        return "adam", reference.adam_learning_rate
-    if base != "sgdm":
-        raise RunError(f"start_at_tuned: no baseline to tune for optimizer {config['name']!r}")
-    momentum = config.get("gamma0", config.get("momentum"))
-    sweep = tune_interior(
-        parts.task,
-        "sgdm",
-        DEFAULT_GRIDS["sgdm"],
-        settings.seeds,
-        settings.num_steps,
-        tail_fraction=settings.tail_fraction,
-        hyperparameters={"momentum": momentum},
-    )
-    return "sgdm", sweep.best_learning_rate
-
-
-def with_step_size(theta: Any, learning_rate: float) -> Any:
-    """``theta`` with its step size (:data:`STEP_SIZE_KEYS`) set to ``learning_rate``."""
-    key = next((k for k in STEP_SIZE_KEYS if k in theta), None)
-    if key is None:
-        raise RunError(f"start_at_tuned: theta has no step size among {STEP_SIZE_KEYS}")
-    return {**theta, key: jnp.log(jnp.asarray(learning_rate, jnp.float32))}
-
-
-def prepare_validation(
-    config: dict, parts: Any, trainer: MetaTrainer, run_dir: Path, settings: ValidationSettings
-) -> tuple[Validation, Any]:
-    """The run's validator and its reference levels, read from ``validation/reference.json``
-    when an earlier process of this run computed them, else computed (a learning-rate sweep
-    of Adam and the initial theta's validation) and written there.
-
-    Returns:
-        The validation and the initial theta (with ``start_at_tuned``, its step size is the
-        base optimizer's tuned learning rate).
-    """
-    validate = make_validator(parts.task, parts.opt, settings)
-    path = run_dir / REFERENCE_FILE
-    settings_json = json.loads(json.dumps(dataclasses.asdict(settings)))
-    theta0 = trainer.init(jax.random.PRNGKey(config["seed"])).theta
-    every = config["validation"]["every"]
-    if path.is_file():
-        document = json.loads(path.read_text())
-        if document.get("settings") == settings_json:
-            if document.get("start_at_tuned"):
-                theta0 = with_step_size(theta0, document["start_at_tuned"]["learning_rate"])
-            return Validation(every, validate, Reference.from_json(document)), theta0
-    log.info(
-        "validation: tuning the reference Adam and scoring theta0 (%d seeds, %d inner steps)",
-        settings.num_seeds,
-        settings.num_steps,
-    )
-    reference = reference_scores(parts.task, None, None, settings)
-    tuned = None
-    if config["start_at_tuned"]:
-        baseline, rate = tuned_step_size(parts, settings, reference)
-        tuned = {"baseline": baseline, "learning_rate": rate}
-        theta0 = with_step_size(theta0, rate)
-        log.info(
-            "start_at_tuned: theta0's step size is %s's tuned learning rate %g", baseline, rate
-        )
-    reference = reference._replace(theta0=validate(theta0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"settings": settings_json, "start_at_tuned": tuned, **reference.to_json()})
-    log.info(
-        "validation reference: theta0 %.4g, Adam %.4g (lr %g)",
-        reference.theta0.score,
-        reference.adam.score,
-        reference.adam_learning_rate,
-    )
-    bound = parts.objective.max_loss
-    if not math.isfinite(reference.theta0.score) or (
-        bound is not None and reference.theta0.score > bound
-    ):
-        log.warning(
-            "the initial theta diverges on the validation runs (final loss %.3g): its steps are "
-            "far too large for %s; lower lopt.alpha",
-            reference.theta0.score,
-            parts.task.name,
-        )
-    return Validation(every, validate, reference), theta0
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -449,6 +251,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         RunError, CheckpointError: the run cannot start; nothing in ``run_dir`` was changed.
     """
     begin = time.perf_counter()
+    measured_on = environment()  # the source's commit as the run starts, before any edit
     run_dir = Path(run_dir).absolute()
     unknown = schema.unknown_keys(cfg)
     if unknown:
@@ -528,8 +331,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             f"{config['name']}: {parts.opt.config.get('name')} on {parts.task.name}",
             None if validation is None else validation.reference,
         )
+    seconds = time.perf_counter() - begin
     summary = _summary(
-        files.records, config, parts, run_dir, start if resumed else 0, time.perf_counter() - begin
+        files.records, config, parts, run_dir, start if resumed else 0, seconds, measured_on
     )
     if validation is not None:
         validated = [r for r in files.records if math.isfinite(r.get("val_final_loss", math.nan))]
@@ -563,13 +367,6 @@ def _report_health(summary: dict, config: dict, parts: Any) -> None:
         (log.info if summary["validation"]["improved_on_theta0"] else log.warning)(
             "validation: %s", verdict
         )
-
-
-def validation_record(scores: ValidationScores, reference: Reference) -> dict[str, float]:
-    """The validation columns of a metrics record."""
-    record = {f"val_{k}": v for k, v in scores.summary().items()}
-    record.update(reference.ratios(scores.score))
-    return record
 
 
 def _loop(

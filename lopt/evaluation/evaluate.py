@@ -209,6 +209,7 @@ def evaluate(
         An :class:`EvalResult`.
     """
     settings.validate()
+    measured_on = environment()  # the source's commit as the evaluation starts
     log = log or (lambda message: None)
     keys = seed_keys(settings.seeds)
     sweeps: dict[str, SweepResult] = {}
@@ -270,7 +271,7 @@ def evaluate(
         settings=settings,
         sweeps=sweeps,
         optimizers=results,
-        environment=environment(),
+        environment=measured_on,
     )
 
 
