@@ -499,3 +499,57 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     assert summary["validation"] == straight_summary["validation"]
     last = "optimizer_last/theta.msgpack"
     assert (tmp_path / "straight" / last).read_bytes() == (killed_dir / last).read_bytes()
+
+
+def test_ctrl_c_finishes_the_step_checkpoints_and_prints_the_resume_command(tmp_path):
+    common = [*FAST, "logger=none", "log_every=5", "validation.every=0", "start_at_tuned=false"]
+    process = subprocess.Popen(
+        [*script("lopt-train"), *common, "steps=100000", "checkpoint_every=100000"],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = lambda: list(tmp_path.glob("runs/smoke/*/metrics.jsonl"))
+    deadline = time.monotonic() + 240
+    while not (metrics() and metrics()[0].read_text()):  # the loop is running
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "the run never logged"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    run_dir = metrics()[0].parent
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["interrupted_by"] == "SIGINT"
+    step, _ = final_leaves(run_dir)
+    assert step == summary["steps"] > 0  # a checkpoint of the step it stopped at
+    command = stderr.strip().splitlines()[-1].split()
+    assert command[0] == "lopt-train" and "resume=true" in command
+    assert f"hydra.run.dir={run_dir}" in command
+    resumed = run([*command[1:], f"steps={step + 3}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == step + 3
+
+
+def test_a_signal_while_starting_exits_with_one_line(tmp_path):
+    process = subprocess.Popen(
+        [*script("lopt-train"), *FAST, "logger=none", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env=environment(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run" / "config.yaml").exists():  # started, not yet trained
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("lopt-train: interrupted while starting")

@@ -93,6 +93,27 @@ def meta_parameter_groups(theta: Any) -> Any:
     }
 
 
+DEFAULT_CACHE_DIR = "~/.cache/lopt/jax"
+
+
+def enable_compilation_cache(options: Mapping[str, Any]) -> Path | None:
+    """Turns on JAX's persistent compilation cache as ``{"enabled", "dir"}`` says.
+
+    Returns:
+        The cache directory, or None when switched off.
+    """
+    if not options.get("enabled", True):
+        return None
+    directory = options.get("dir") or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    path = Path(directory or DEFAULT_CACHE_DIR).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    # Cache every program that took a noticeable time to build; small ones are cheaper to
+    # compile than to look up.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
 def schedule_from(config: Mapping[str, Any]) -> EpisodeSchedule:
     """The episode schedule of ``{"min_length", "max_length"}`` (constant when equal)."""
     lo, hi = int(config["min_length"]), int(config["max_length"])

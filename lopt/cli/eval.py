@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig
 
 from lopt.cli import schema
-from lopt.cli.common import RunError, build_task, to_container
+from lopt.cli.common import RunError, build_task, enable_compilation_cache, to_container
 from lopt.evaluation import (
     DEFAULT_GRIDS,
     EVAL_SEED_OFFSET,
@@ -105,6 +105,9 @@ class EvalConfig:
     log_y: bool | None = None
     smoothing: int = 0
     out_dir: str = "eval"
+    compilation_cache: schema.CompilationCacheConfig = field(
+        default_factory=schema.CompilationCacheConfig
+    )
 
 
 def register_configs() -> None:
@@ -195,6 +198,7 @@ def main(cfg: DictConfig) -> None:
     """Entry point of ``lopt-eval``."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing noise
+    enable_compilation_cache(cfg.compilation_cache)
     try:
         run(cfg, out_dir)
     except (RunError, OptimizerLoadError, EvalConfigError) as err:

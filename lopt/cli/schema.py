@@ -338,6 +338,16 @@ class ScheduleConfig:
 
 
 @dataclass
+class CompilationCacheConfig:
+    """JAX's persistent compilation cache: a second run of the same programs loads them
+    instead of compiling. ``dir: null`` means ``$JAX_COMPILATION_CACHE_DIR`` if set, else
+    ``~/.cache/lopt/jax``."""
+
+    enabled: bool = True
+    dir: str | None = None
+
+
+@dataclass
 class RecipeConfig:
     """How a learned rule starts (the ``recipe`` group's ``recipe`` node; the ``unf``,
     ``unf_deep``, ``nfn`` and ``deepsets`` options read it): see
@@ -363,6 +373,7 @@ class TrainConfig:
         validation: meta-validation of theta during the run.
         recipe: the learned rules' initial base, step size, scale, momentum and last layer
             (set by the ``recipe`` group: ``tuned``, the default, or ``paper``).
+        compilation_cache: JAX's persistent compilation cache (on by default).
         start_at_tuned: start theta's step size at its base optimizer's learning rate tuned
             by a sweep on the validation runs (Adam's for the ``adam`` base, SGDM's for
             ``sgdm``), so meta-training starts from the tuned baseline.
@@ -389,6 +400,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
+    compilation_cache: CompilationCacheConfig = field(default_factory=CompilationCacheConfig)
     start_at_tuned: bool = False
     population: int = 16
     truncation_length: int = 50
@@ -412,6 +424,7 @@ RUN_CONTROL_KEYS = (
     "resume",
     "progress",
     "logger",
+    "compilation_cache",
 )
 """Top-level keys a resumed run may change: they do not affect the training trajectory."""
 

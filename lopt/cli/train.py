@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from lopt.cli.common import (
     build_logger,
     build_parts,
     config_differences,
+    enable_compilation_cache,
     to_container,
     write_json,
     write_text,
@@ -309,7 +312,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     state = fresh_run_state(trainer.init(key, theta0))
                 theta0_score = np.float32(validation.reference.theta0.score)
                 state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
-        state = _loop(trainer, state, config, checkpoints, files, logger, parts, validation)
+        with StopRequest() as stop:
+            state = _loop(
+                trainer, state, config, checkpoints, files, logger, parts, validation, stop
+            )
         if checkpoints.latest_step() != int(state.meta.step):
             checkpoints.save(int(state.meta.step), state, _checkpoint_config(config, parts))
     finally:
@@ -335,6 +341,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     summary = _summary(
         files.records, config, parts, run_dir, start if resumed else 0, seconds, measured_on
     )
+    summary["interrupted_by"] = None if stop.signal is None else signal.Signals(stop.signal).name
     if validation is not None:
         validated = [r for r in files.records if math.isfinite(r.get("val_final_loss", math.nan))]
         summary["validation"] = validation_summary(
@@ -369,6 +376,42 @@ def _report_health(summary: dict, config: dict, parts: Any) -> None:
         )
 
 
+class StopRequest:
+    """Turns SIGINT (Ctrl-C) and SIGTERM into a request to stop after the current outer
+    step, so the run can write a checkpoint and its summary; a second signal interrupts at
+    once. Outside the ``with`` block the previous handlers are back.
+
+    Attributes:
+        signal: the first signal received, or None.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame: Any) -> None:
+        del frame
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = number
+        log.warning(
+            "%s received: finishing the current outer step, then writing a checkpoint and the "
+            "summary (send it again to stop at once)",
+            signal.Signals(number).name,
+        )
+
+
 def _loop(
     trainer: MetaTrainer,
     state: RunState,
@@ -378,6 +421,7 @@ def _loop(
     logger: Logger,
     parts: Any,
     validation: Validation | None,
+    stop: StopRequest,
 ) -> RunState:
     start, steps = int(state.meta.step), config["steps"]
     every, log_every = config["checkpoint_every"], config["log_every"]
@@ -395,6 +439,8 @@ def _loop(
     postfix: dict[str, str] = {}
     try:
         for done in range(start + 1, steps + 1):
+            if stop.signal is not None:
+                break
             meta, metrics = trainer.step(state.meta)
             state = state._replace(meta=meta)
             totals = _accumulate_jit(totals, metrics)
@@ -416,7 +462,7 @@ def _loop(
                     val_vs_adam=f"{validated['val_vs_adam']:.3g}",
                     val_vs_theta0=f"{validated['val_vs_theta0']:.3g}",
                 )
-            if done % log_every == 0 or done == steps or validated:
+            if done % log_every == 0 or done == steps or validated or stop.signal is not None:
                 jax.block_until_ready(totals)
                 now = time.perf_counter()
                 rate = (done - reference[1]) * trainer.inner_steps_per_step / (now - reference[0])
@@ -439,6 +485,11 @@ def _loop(
     return state
 
 
+def _interrupt(number: int, frame: Any) -> None:
+    del number, frame
+    raise KeyboardInterrupt
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``lopt-train``; returns what a sweeper should minimise: the best
@@ -446,11 +497,31 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     for noisy in ("jax", "absl"):  # Hydra logs INFO to the console; these are not for users
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    enable_compilation_cache(cfg.compilation_cache)
+    signal.signal(signal.SIGTERM, _interrupt)  # while starting, like Ctrl-C
     try:
         summary = train(cfg, run_dir)
     except (RunError, CheckpointError) as err:
         print(f"lopt-train: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print(
+            "lopt-train: interrupted while starting (compiling, or validating theta0); no "
+            f"checkpoint of this process was written in {run_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
+    if summary["interrupted_by"] is not None:
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.startswith("resume=")]
+        overrides = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+        command = " ".join(["lopt-train", *overrides, f"hydra.run.dir={run_dir}", "resume=true"])
+        print(
+            f"lopt-train: stopped by {summary['interrupted_by']} at outer step "
+            f"{summary['steps']}; the checkpoint and summary are written. To continue:\n"
+            f"  {command}",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + int(getattr(signal, summary["interrupted_by"])))
     loss = summary.get("final_meta_loss")
     if "validation" in summary:
         loss = summary["validation"]["best_final_loss"]
