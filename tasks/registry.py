@@ -299,6 +299,17 @@ def register_task(name: str, factory: TaskFactory, *, overwrite: bool = False) -
     _REGISTRY[name] = factory
 
 
+def task_factory(name: str) -> TaskFactory:
+    """The factory registered as ``name`` (its keyword arguments are the task's options).
+
+    Raises:
+        ValueError: unknown task name.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task {name!r}; registered tasks: {task_names()}")
+    return _REGISTRY[name]
+
+
 def task_names() -> list[str]:
     """Names of all registered tasks."""
     return sorted(_REGISTRY)

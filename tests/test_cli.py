@@ -553,3 +553,18 @@ def test_a_signal_while_starting_exits_with_one_line(tmp_path):
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("lopt-train: interrupted while starting")
+
+
+def test_lopt_tasks_lists_every_task_with_its_options_and_data(capsys):
+    from lopt.cli.tasks import describe
+    from lopt.cli.tasks import main as tasks_main
+
+    tasks_main([])
+    listing = capsys.readouterr().out
+    for name in GROUPS["task"]:
+        assert f"{name}: " in listing
+    assert "options: width=32, depth=1, batch_size=128" in listing
+    assert "tensorflow-datasets" in listing and "embedded" in listing
+    sized = "\n".join(describe("mlp_digits", sizes=True))
+    params = sum(x.size for x in jax.tree.leaves(get_task("mlp_digits").init(jax.random.key(0))))
+    assert f"{params:,} parameters in 4 tensors; 10 classes" in sized
