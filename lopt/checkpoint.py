@@ -17,6 +17,13 @@ Each step has two items:
   expected pytree (an incompatible checkpoint is reported by leaf path before anything is
   read) and the digest afterwards (a corrupt one is reported, never used).
 
+Once orbax has finished a step, :data:`FILES_MANIFEST` is written next to its items: the
+size and SHA-256 of every file in the step's directory. Every read of a step first checks
+it, so damage to any file a restore reads (orbax's indexes and manifests as much as the
+array data: truncated, changed, deleted) is reported as corruption, naming the file, before
+orbax opens anything. Steps written by format version 1 have no such list and are read as
+before.
+
 >>> checkpoints = Checkpointer("run/checkpoints", max_to_keep=2)
 >>> checkpoints.save(step, state, config={"task": ...})
 >>> state = checkpoints.restore(checkpoints.latest_step(), like=state)
@@ -25,6 +32,7 @@ Each step has two items:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -37,7 +45,10 @@ import numpy as np
 PyTree = Any
 
 FORMAT = "lopt.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+FILES_MANIFEST = "lopt_files.json"
+"""Per step: ``{relative path: [size, sha256]}`` of every other file in the step's
+directory (format version 2 on)."""
 STATE_ITEM = "state"
 META_ITEM = "meta"
 
@@ -172,10 +183,12 @@ class Checkpointer:
         """The ``meta`` item of ``step``: format, step, config, leaves, digest.
 
         Raises:
-            CheckpointError: no such step, or its metadata is unreadable or not ours.
+            CheckpointError: no such step, a damaged file in it (see :meth:`verify_files`),
+                or metadata that is unreadable or not ours.
         """
         if step not in self.all_steps():
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}")
+        self.verify_files(step)
         ocp = _ocp()
         try:
             restored = self._get_manager().restore(
@@ -199,6 +212,47 @@ class Checkpointer:
 
     def _step_dir(self, step: int) -> Path:
         return self.directory / str(step)
+
+    def verify_files(self, step: int) -> None:
+        """Checks every file of ``step`` against its :data:`FILES_MANIFEST`.
+
+        A step with neither the list nor a format-2 ``meta`` item (one written by format
+        version 1) is not checked here; its array digest still is.
+
+        Raises:
+            CheckpointError: the list is missing or unreadable (for a format-2 step), or a
+                file is missing, added, or differs in size or content; the message names it.
+        """
+        directory = self._step_dir(step)
+        manifest_path = directory / FILES_MANIFEST
+        if not manifest_path.is_file():
+            if _written_by_version(directory) < 2:
+                return
+            raise CheckpointError(
+                f"checkpoint {directory} is corrupt: its file list {FILES_MANIFEST} is missing"
+            )
+        try:
+            expected = json.loads(manifest_path.read_text())
+            if not isinstance(expected, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError) as err:
+            raise CheckpointError(
+                f"checkpoint {directory} is corrupt: its file list {FILES_MANIFEST} is "
+                f"unreadable ({err})"
+            ) from err
+        found = file_digests(directory)
+        for name in sorted(set(expected) | set(found)):
+            if name not in found:
+                problem = "is missing"
+            elif name not in expected:
+                problem = "was not written with the checkpoint"
+            elif found[name][0] != expected[name][0]:
+                problem = f"has {found[name][0]} bytes, {expected[name][0]} when written"
+            elif found[name][1] != expected[name][1]:
+                problem = "has changed since it was written (its SHA-256 differs)"
+            else:
+                continue
+            raise CheckpointError(f"checkpoint {directory} is corrupt: {name} {problem}")
 
     # -- save / restore ----------------------------------------------------------------------
     def save(self, step: int, tree: PyTree, config: Any = None) -> Path:
@@ -237,7 +291,9 @@ class Checkpointer:
             force=True,
         )
         self._get_manager().wait_until_finished()
-        return self._step_dir(step)
+        directory = self._step_dir(step)
+        _write_atomic(directory / FILES_MANIFEST, json.dumps(file_digests(directory)))
+        return directory
 
     def restore_leaves(self, step: int) -> tuple[list[np.ndarray], dict]:
         """The stored leaves of ``step`` (typed keys as raw key data) and its metadata.
@@ -307,6 +363,37 @@ class Checkpointer:
             for a, info in zip(arrays, stored, strict=True)
         ]
         return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def file_digests(directory: Path) -> dict[str, list]:
+    """``{relative path: [size, sha256]}`` of every file below ``directory`` except the
+    :data:`FILES_MANIFEST` itself."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        name = str(path.relative_to(directory))
+        if name == FILES_MANIFEST or name.startswith(f".{FILES_MANIFEST}."):
+            continue
+        data = path.read_bytes()
+        out[name] = [len(data), hashlib.sha256(data).hexdigest()]
+    return out
+
+
+def _written_by_version(directory: Path) -> int:
+    """The format version in a step's ``meta`` item as stored on disk (0 if unreadable)."""
+    for path in (directory / META_ITEM).glob("*"):
+        try:
+            version = json.loads(path.read_text()).get("format_version")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(version, int):
+            return version
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def compare_structure(stored: list[LeafInfo], expected: list[LeafInfo]) -> list[str]:

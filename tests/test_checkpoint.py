@@ -128,3 +128,41 @@ def test_nested_dict_rebuilds_a_sub_tree(tmp_path):
     assert_same(jax.tree.map(jnp.asarray, theta), state.theta)
     with pytest.raises(CheckpointError, match="no leaves"):
         nested_dict(leaves, infos, ".missing")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_damage_to_any_file_of_a_checkpoint_is_refused_naming_the_file(tmp_path, damage):
+    import shutil
+
+    from lopt.checkpoint import FILES_MANIFEST
+
+    state = make_state()
+    like = jax.eval_shape(lambda: make_state(1))
+    pristine = tmp_path / "pristine"
+    with Checkpointer(pristine) as checkpoints:
+        checkpoints.save(1, state)
+        checkpoints.save(2, state)  # a later save leaves the earlier step's files alone
+        checkpoints.restore(1, like=like)
+    files = sorted(p.relative_to(pristine) for p in (pristine / "2").rglob("*") if p.is_file())
+    assert Path("2") / FILES_MANIFEST in files and len(files) >= 5
+    for number, name in enumerate(files):
+        copy = tmp_path / f"copy{number}"
+        shutil.copytree(pristine, copy)
+        target = copy / name
+        data = target.read_bytes()
+        if damage == "truncate":
+            target.write_bytes(data[: len(data) // 2])
+        elif damage == "flip":
+            raw = bytearray(data)
+            raw[len(raw) // 2] ^= 0x01
+            target.write_bytes(bytes(raw))
+        else:
+            target.unlink()
+        with Checkpointer(copy) as checkpoints:
+            if 2 not in checkpoints.all_steps():  # orbax no longer sees the step at all
+                assert name.name == "_CHECKPOINT_METADATA" and damage == "delete"
+                continue
+            with pytest.raises(CheckpointError, match="corrupt") as error:
+                checkpoints.restore(2, like=like)
+            if name.name != FILES_MANIFEST:
+                assert name.name in str(error.value) or FILES_MANIFEST in str(error.value)
