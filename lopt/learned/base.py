@@ -41,12 +41,15 @@ class LearnedOptimizer(NamedTuple):
             add the updates with ``optax.apply_updates``.
         config: JSON-serialisable ``{"name": ..., **hyperparameters}``; together with a
             spec it rebuilds the optimizer (:func:`lopt.learned.optimizer_from_config`).
+        spec: the permutation spec the optimizer was built for, where its meta-parameters
+            depend on the weight space's structure (the learned rules); ``None`` otherwise.
     """
 
     init_meta: Callable[..., PyTree]
     init: Callable[[PyTree], Any]
     update: Callable[..., tuple[PyTree, Any]]
     config: dict
+    spec: Any = None
 
 
 def log_positive(value: float, name: str) -> jax.Array:

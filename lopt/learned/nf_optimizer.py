@@ -302,4 +302,4 @@ def make_nf_optimizer(
         "eps": float(eps),
         "zero_output": bool(zero_output),
     }
-    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)
+    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config, spec=spec)

@@ -3,13 +3,19 @@
 A saved optimizer is one directory::
 
     path/
-      config.json     {"format": "lopt.learned_optimizer", "format_version": 3,
-                       "name": "unf", "hyperparameters": {...}}
+      config.json     {"format": "lopt.learned_optimizer", "format_version": 4,
+                       "name": "unf", "hyperparameters": {...},
+                       "weight_space": {...}}
       theta.msgpack   the meta-parameters, a msgpack of nested dicts of numpy arrays
 
-Loading needs only this package and the permutation spec of the params to optimise (the
-spec is not saved: the same ``theta`` serves any model of the same architecture, of any
-width).
+``weight_space`` (format 4 on, learned rules only) is the structure of the weight space the
+rule was trained on (:func:`lopt.nf.matching.describe_weight_space`): which ids join which
+axes of which tensors, not their names or lengths. Loading needs only this package and the
+permutation spec of the params to optimise: the model's tensors are matched to the trained
+ones by that structure (:mod:`lopt.learned.transfer`), so the same ``theta`` serves any
+model of the same architecture, of any width, whatever its module names or the order in
+which its layers were constructed. Files of format 3 have no structure and fit only a model
+whose params have the trained tree's order.
 """
 
 from __future__ import annotations
@@ -28,12 +34,14 @@ import optax
 from lopt.learned.base import LearnedOptimizer
 from lopt.learned.export import as_optax
 from lopt.learned.optimizers import OPTIMIZERS, optimizer_from_config
+from lopt.learned.transfer import for_model
 from lopt.nf import spec as nfspec
+from lopt.nf.matching import describe_weight_space
 
 PyTree = Any
 
 FORMAT = "lopt.learned_optimizer"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 UNF_LAYOUT_VERSION = 3
 """The first format whose UNF layers keep one kernel per shared source and stack leaves
 whose axes are the same ids in any order; files of older formats with such layers cannot
@@ -81,6 +89,8 @@ def save_optimizer(path: str | os.PathLike, opt: LearnedOptimizer, theta: PyTree
         "name": name,
         "hyperparameters": config,
     }
+    if opt.spec is not None:
+        document["weight_space"] = describe_weight_space(opt.spec)
     try:
         config_bytes = json.dumps(document, indent=2, sort_keys=True).encode()
     except TypeError as err:
@@ -143,6 +153,16 @@ def read_config(path: str | os.PathLike) -> dict:
     return {"name": name, **hyper}
 
 
+def read_weight_space(path: str | os.PathLike) -> dict | None:
+    """The trained weight space's structure recorded in ``config.json`` (None before format
+    4, and for the hand-designed optimizers)."""
+    document = json.loads((Path(path) / CONFIG_FILE).read_text())
+    space = document.get("weight_space")
+    if space is not None and not isinstance(space, dict):
+        raise SavedOptimizerError(f"{Path(path) / CONFIG_FILE}: weight_space must be an object")
+    return space
+
+
 def read_theta(path: str | os.PathLike) -> PyTree:
     """Reads ``theta.msgpack`` of a saved optimizer as nested dicts of numpy arrays.
 
@@ -186,14 +206,17 @@ def _check_keys(opt: LearnedOptimizer, theta: PyTree, spec: nfspec.Spec | None, 
     want, got = _ranks(expected), _ranks(theta)
     if set(want) != set(got):
         raise SavedOptimizerError(
-            f"{where / THETA_FILE} does not match its config: missing "
+            f"the meta-parameters in {where / THETA_FILE} do not fit an optimizer for this "
+            "model's weight space (was it trained on another architecture?): missing "
             f"{sorted(set(want) - set(got)) or 'none'}, unexpected "
             f"{sorted(set(got) - set(want)) or 'none'}"
         )
     wrong = [key for key in want if want[key] != got[key]]
     if wrong:
         raise SavedOptimizerError(
-            f"{where / THETA_FILE} does not match its config: wrong rank for {wrong}"
+            f"the meta-parameters in {where / THETA_FILE} do not fit an optimizer for this "
+            f"model's weight space (was it trained on another architecture?): wrong rank "
+            f"for {wrong}"
         )
 
 
@@ -210,10 +233,16 @@ def load_learned_optimizer(
     Raises:
         FileNotFoundError, SavedOptimizerError: see :func:`read_config` and
             :func:`read_theta`; also when ``theta`` does not fit the config.
+        lopt.nf.matching.WeightSpaceMismatch: the model's weight space has another
+            structure than the trained one (format 4 on; the message says how).
     """
     config = read_config(path)
     theta = read_theta(path)
-    opt = optimizer_from_config(config, spec, **extra)
+    space = read_weight_space(path)
+    if space is not None and spec is not None:
+        opt = for_model(config, space, spec, **extra)
+    else:
+        opt = optimizer_from_config(config, spec, **extra)
     _check_keys(opt, theta, spec, Path(path))
     return opt, theta
 
