@@ -142,7 +142,7 @@ def test_spec_or_params_that_do_not_fit_are_reported(saved_unf):
         optimizer.init(broken)
     # a spec of another architecture (one tensor fewer) does not fit the saved theta
     other = {k: v for k, v in spec.items() if k != "Dense_2"}
-    with pytest.raises(ValueError, match="architecture differs.*axes"):
+    with pytest.raises(ValueError, match=r"architecture differs.*axes"):
         lopt.load_optimizer(path, spec=other)
 
 

@@ -185,3 +185,32 @@ def test_tbptt_equals_grad_of_unrolled_loss(reduction):
     for name in theta:
         np.testing.assert_allclose(grad[name], expected[name] / num_particles, rtol=2e-5)
     assert abs(float(grad["log_lr"])) > 1e-3  # the comparison is not between zeros
+
+
+def test_half_cosine_measures_agreement_between_the_two_halves():
+    from lopt.meta.base import first_half, tree_cosine
+
+    assert float(tree_cosine({"a": jnp.ones(3)}, {"a": 2 * jnp.ones(3)})) == pytest.approx(1.0)
+    assert float(tree_cosine({"a": jnp.asarray([1.0, 0])}, {"a": jnp.asarray([0, 1.0])})) == 0
+    assert np.isnan(float(tree_cosine({"a": jnp.zeros(2)}, {"a": jnp.ones(2)})))
+    assert first_half(5).tolist() == [True, True, False, False, False]
+    task, opt = QuadraticTask(), LearnedMomentum()
+    theta = opt.init_meta(None)
+    unroller = make_unroller(task, opt, constant_length(8))
+    cosines = {}
+    for name, estimator in (("pes", pes(64, 4, 0.01)), ("tbptt", tbptt(64, 4))):
+        state = estimator.init(jax.random.PRNGKey(0), theta, unroller)
+        _, _, info = jax.jit(lambda t, s, e=estimator: e.estimate(t, s, unroller))(theta, state)
+        cosines[name] = float(info.half_cosine)
+    # TBPTT's per-particle gradients are exact, so both halves point the same way; PES's
+    # halves agree too on this two-parameter problem with 32 pairs each.
+    assert cosines["tbptt"] > 0.9 and cosines["pes"] > 0.3, cosines
+    assert np.isnan(
+        float(
+            pes(1, 4, 0.01)
+            .estimate(
+                theta, pes(1, 4, 0.01).init(jax.random.PRNGKey(0), theta, unroller), unroller
+            )[2]
+            .half_cosine
+        )
+    )

@@ -24,12 +24,16 @@ class EstimateInfo(NamedTuple):
         num_episodes_ended: int32, inner episodes (per group) that reached their length.
         num_nonfinite: int32, groups (pairs for antithetic estimators) masked out of the
             estimate because a member produced a non-finite loss or gradient; they are reset.
+        half_cosine: float32, the cosine between the estimates of the population's two
+            halves (groups ``< G/2`` and the rest): near 0 the estimate is mostly noise, near
+            1 both halves agree. NaN when an estimator does not report it.
     """
 
     meta_loss: jax.Array
     objective: jax.Array
     num_episodes_ended: jax.Array
     num_nonfinite: jax.Array
+    half_cosine: jax.Array = jnp.full((), jnp.nan, jnp.float32)
 
 
 class Estimator(NamedTuple):
@@ -115,6 +119,19 @@ def leading_all_finite(tree: PyTree) -> jax.Array:
     """bool ``(N,)``: every entry of particle/group ``n`` of every leaf is finite."""
     flags = [jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1) for x in jax.tree.leaves(tree)]
     return jnp.stack(flags).all(axis=0)
+
+
+def tree_cosine(a: PyTree, b: PyTree) -> jax.Array:
+    """Cosine between two pytrees seen as vectors (NaN if either is zero)."""
+    dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    norm = lambda t: jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(t)))
+    denominator = norm(a) * norm(b)
+    return jnp.where(denominator > 0, dot / denominator, jnp.nan).astype(jnp.float32)
+
+
+def first_half(num_groups: int) -> jax.Array:
+    """bool ``(num_groups,)``: the groups of the population's first half."""
+    return jnp.arange(num_groups) < num_groups // 2
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -41,8 +41,10 @@ from lopt.meta.base import (
     antithetic_thetas,
     check_positive_float,
     check_positive_int,
+    first_half,
     masked_mean,
     sample_perturbations,
+    tree_cosine,
     weighted_group_sum,
 )
 from lopt.meta.population import ParticleState, Unroller, raw_key
@@ -150,11 +152,17 @@ def pes(
         num_valid = jnp.maximum(valid.sum(), 1)
         scale = 1.0 / (2.0 * sigma**2 * num_valid)
 
-        if persistent:
-            grad, accumulator = persistent_gradient(eps, state.accumulator, diff, record.reset)
-        else:
-            grad, accumulator = weighted_group_sum(diff.sum(axis=0), eps), None
+        def gradient(diff: jax.Array) -> tuple[PyTree, PyTree]:
+            if persistent:
+                return persistent_gradient(eps, state.accumulator, diff, record.reset)
+            return weighted_group_sum(diff.sum(axis=0), eps), None
+
+        grad, accumulator = gradient(diff)
         grad = jax.tree.map(lambda g: g * scale, grad)
+        half = first_half(num_pairs)
+        half_cosine = tree_cosine(
+            gradient(jnp.where(half, diff, 0.0))[0], gradient(jnp.where(half, 0.0, diff))[0]
+        )
 
         pair_objective = weighted.sum(axis=0).mean(axis=-1)  # (G,)
         info = EstimateInfo(
@@ -164,6 +172,7 @@ def pes(
             .sum()
             .astype(jnp.int32),
             num_nonfinite=(num_pairs - valid.sum()).astype(jnp.int32),
+            half_cosine=half_cosine,
         )
         return grad, PESState(population, accumulator, key), info
 

@@ -22,8 +22,10 @@ from lopt.meta.base import (
     Estimator,
     broadcast_theta,
     check_positive_int,
+    first_half,
     leading_all_finite,
     masked_mean,
+    tree_cosine,
     weighted_group_sum,
 )
 from lopt.meta.population import ParticleState, StepRecord, Unroller, tree_select
@@ -94,6 +96,10 @@ def tbptt(num_particles: int, truncation_length: int, *, stagger: bool = True) -
             objective=masked_mean(per_particle, valid),
             num_episodes_ended=record.ended.sum().astype(jnp.int32),
             num_nonfinite=(num_particles - valid.sum()).astype(jnp.int32),
+            half_cosine=tree_cosine(
+                weighted_group_sum(first_half(num_particles).astype(jnp.float32), safe),
+                weighted_group_sum((~first_half(num_particles)).astype(jnp.float32), safe),
+            ),
         )
         return grad, TBPTTState(population), info
 

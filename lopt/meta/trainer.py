@@ -232,6 +232,7 @@ def make_meta_trainer(
             "grad_norm": _global_norm(grad),
             "num_episodes_ended": info.num_episodes_ended,
             "num_nonfinite": info.num_nonfinite,
+            "half_cosine": info.half_cosine,
             "skipped": (~accept).astype(jnp.int32),
         }
         return new_state, metrics
