@@ -10,8 +10,8 @@
 #
 # Each meta-training is the experiment's own budget (experiment=mlp: 1500 outer steps, about
 # 15 minutes on 2 CPU cores). Learned optimizers: unf, deepsets and sgdm (momentum SGD whose
-# learning rate and momentum are meta-trained the same way: the paper's baseline), plus nfn
-# on the CNN, the only task where it differs from unf.
+# learning rate and momentum are meta-trained the same way: the paper's baseline, labelled
+# sgdm_meta), plus nfn on the CNN, the only task where it differs from unf.
 #
 # Finished runs (a run directory with summary.json) are not re-trained; delete them to redo.
 # Outputs: $RUNS/<exp>/<lopt>/ (lopt-train run directories), $EVAL/<exp>/<check>/ (curves.png,
@@ -57,7 +57,8 @@ for exp in $EXPERIMENTS; do
     runs+=("$run_dir")
   done
   optimizers=$(IFS=,; echo "${runs[*]}")
-  labels="[${lopts// /,}]"
+  # The meta-trained sgdm is labelled apart from the tuned sgdm baseline.
+  labels="[$(echo "$lopts" | sed 's/sgdm/sgdm_meta/; s/ /,/g')]"
   declare -A CHECKS=([horizon]="num_steps=$horizon" [horizon_2x]="num_steps=$((2 * horizon))"
                      [width_2x]="num_steps=$horizon ${WIDER[$exp]}")
   for check in horizon horizon_2x width_2x; do
