@@ -7,7 +7,8 @@ Each row reads the run's own files: the overrides it was started with
 (``.hydra/overrides.yaml``), ``summary.json`` (steps, wall time, the validation's best step
 and its ratios to theta0 and the reference Adam), ``validation/reference.json`` and every
 validation record of ``metrics.jsonl``; and the learned step size, scale and momentum of
-the best theta (``optimizer/theta.msgpack``). Nothing is typed in by hand.
+the best theta (``optimizer/theta.msgpack``). A run stopped before its end (no summary) is
+shown from its records and reference alone. Nothing is typed in by hand.
 """
 
 from __future__ import annotations
@@ -44,15 +45,18 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
     """One table row; ``baseline`` holds the overrides every run shares (left out)."""
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     changed = [o for o in overrides if o not in baseline and not o.startswith("hydra.")]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    validation = summary.get("validation") or {}
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    curve = [
-        f"{r['step']}:{_number(r['val_vs_adam'], 2)}"
-        for r in records
-        if r.get("val_final_loss") is not None
-    ]
-    learned = scalars(read_theta(run_dir / "optimizer"))
+    validated = [r for r in records if r.get("val_final_loss") is not None]
+    curve = [f"{r['step']}:{_number(r['val_vs_adam'], 2)}" for r in validated]
+    finished = (run_dir / "summary.json").is_file()
+    if finished:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        validation = summary.get("validation") or {}
+        learned = scalars(read_theta(run_dir / "optimizer"))
+    else:  # stopped early: what its records and reference say
+        summary = {"steps": f"{records[-1]['step']} (stopped)", "wall_time_sec": None}
+        validation = partial_validation(run_dir, validated)
+        learned = {}
     return {
         "run": run_dir.name,
         "overrides": " ".join(changed) or "(shared only)",
@@ -66,8 +70,29 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
         "best ÷ θ0": _number(validation.get("best_vs_theta0")),
         "best ÷ Adam": _number(validation.get("best_vs_adam")),
         "val ÷ Adam by step": " ".join(curve),
-        "learned scalars": ", ".join(f"{k} {_number(v)}" for k, v in learned.items()),
+        "learned scalars": ", ".join(f"{k} {_number(v)}" for k, v in learned.items()) or "—",
     }
+
+
+def partial_validation(run_dir: Path, validated: list[dict]) -> dict:
+    """The validation summary of a run stopped before its end, from its own records."""
+    reference = json.loads((run_dir / "validation" / "reference.json").read_text())
+    mean = lambda values: float(np.mean(values)) if None not in values else math.inf
+    theta0, adam = mean(reference["theta0"]["final_loss"]), mean(reference["adam"]["final_loss"])
+    out = {
+        "theta0_final_loss": theta0,
+        "adam_final_loss": adam,
+        "adam_learning_rate": reference["adam_learning_rate"],
+    }
+    best = min(validated, key=lambda r: r["val_final_loss"], default=None)
+    if best is not None and best["val_final_loss"] < theta0:
+        out.update(
+            best_final_loss=best["val_final_loss"],
+            best_step=best["step"],
+            best_vs_theta0=best["val_final_loss"] / theta0,
+            best_vs_adam=best["val_final_loss"] / adam,
+        )
+    return out
 
 
 def table(run_dirs: list[Path]) -> str:
@@ -94,11 +119,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="lopt-train run directories")
     parser.add_argument("-o", "--output", type=Path, help="write the table here too")
     args = parser.parse_args()
-    finished = [d for d in args.runs if (d / "summary.json").is_file()]
-    skipped = sorted(set(args.runs) - set(finished))
-    text = table(finished)
+    usable = [d for d in args.runs if (d / "metrics.jsonl").is_file()]
+    skipped = sorted(set(args.runs) - set(usable))
+    text = table(usable)
     if skipped:
-        text += "\nNot finished (no summary.json): " + ", ".join(d.name for d in skipped) + "\n"
+        text += "\nNo records (left out): " + ", ".join(d.name for d in skipped) + "\n"
     print(text)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -99,6 +99,42 @@ def evaluation_section(task: str, evaluations: dict[str, str], out: Path) -> lis
     return lines
 
 
+def targets_section(evaluations: dict[str, str], learned: str = "unf") -> list[str]:
+    """For each evaluation, ``learned``'s final training loss against every other optimizer,
+    paired over seeds: lower by more than 2 paired standard errors (z < -2) or not."""
+    rows, others = [], []
+    for label, path in evaluations.items():
+        summary = json.loads((Path(path) / "results.json").read_text())
+        paired = summary.get("paired", {}).get(learned)
+        if paired is None:
+            continue
+        others += [name for name in paired if name not in others]
+        rows.append((label, paired))
+    if not rows:
+        return []
+    lines = [
+        f"{learned}'s final training loss minus each other optimizer's, paired over the "
+        "evaluation seeds: mean difference and z = mean ÷ paired standard error; **lower** "
+        "where z < −2.",
+        "",
+        "| check | " + " | ".join(others) + " |",
+        "|---|" + "---|" * len(others),
+    ]
+    for label, paired in rows:
+        cells = []
+        for other in others:
+            entry = paired.get(other)
+            if entry is None or entry["mean"] is None:
+                cells.append("—")
+                continue
+            z = entry["z"]
+            verdict = "**lower**" if z is not None and z < -2 else "not lower"
+            shown = "—" if z is None else f"{z:.3g}"
+            cells.append(f"{entry['mean']:.3g} (z {shown}): {verdict}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def task_section(task: str, entry: dict) -> list[str]:
     out = DOCS / "results" / task
     out.mkdir(parents=True, exist_ok=True)
@@ -112,10 +148,11 @@ def task_section(task: str, entry: dict) -> list[str]:
             *meta_training_section(task, entry["meta_training"], out),
         ]
     if entry.get("evaluations"):
+        lines += ["", "### Against the targets", "", *targets_section(entry["evaluations"])]
         lines += ["", "### Evaluation on held-out seeds", ""]
         lines += evaluation_section(task, entry["evaluations"], out)
     if entry.get("levers"):
-        runs = [Path(p) for p in entry["levers"] if (Path(p) / "summary.json").is_file()]
+        runs = [Path(p) for p in entry["levers"] if (Path(p) / "metrics.jsonl").is_file()]
         lever_text = table(runs)
         (out / "levers.md").write_text(lever_text)
         lines += [

@@ -202,9 +202,9 @@ def test_half_cosine_measures_agreement_between_the_two_halves():
         state = estimator.init(jax.random.PRNGKey(0), theta, unroller)
         _, _, info = jax.jit(lambda t, s, e=estimator: e.estimate(t, s, unroller))(theta, state)
         cosines[name] = float(info.half_cosine)
-    # TBPTT's per-particle gradients are exact, so both halves point the same way; PES's
-    # halves agree too on this two-parameter problem with 32 pairs each.
-    assert cosines["tbptt"] > 0.9 and cosines["pes"] > 0.3, cosines
+    # On this two-parameter problem the signal dominates: halves of 32 particles (TBPTT,
+    # exact gradients of staggered particles) or 32 pairs (PES) point the same way.
+    assert cosines["tbptt"] > 0.5 and cosines["pes"] > 0.3, cosines
     assert np.isnan(
         float(
             pes(1, 4, 0.01)
