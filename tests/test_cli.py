@@ -86,6 +86,18 @@ def run(args: list[str], cwd: Path, timeout: float = 240, name: str = "lopt-trai
     )
 
 
+def start_train(args: list[str], cwd: Path) -> subprocess.Popen:
+    """``lopt-train args`` in the background (stderr captured), to signal or kill."""
+    return subprocess.Popen(
+        script("lopt-train") + args,
+        cwd=cwd,
+        env=environment(cwd),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def final_leaves(run_dir: Path) -> tuple[int, list[np.ndarray]]:
     with Checkpointer(run_dir / "checkpoints") as checkpoints:
         step = checkpoints.latest_step()
@@ -451,14 +463,7 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
 
     # The same run, with a longer budget so it is still going when killed.
     killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*script("lopt-train"), *common, "steps=100000", f"hydra.run.dir={killed_dir}"],
-        cwd=tmp_path,
-        env=environment(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_train([*common, "steps=100000", f"hydra.run.dir={killed_dir}"], tmp_path)
     deadline = time.monotonic() + 240
     try:
         while not (killed_dir / "checkpoints" / "5" / "_CHECKPOINT_METADATA").exists():
@@ -503,14 +508,7 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
 
 def test_ctrl_c_finishes_the_step_checkpoints_and_prints_the_resume_command(tmp_path):
     common = [*FAST, "logger=none", "log_every=5", "validation.every=0", "start_at_tuned=false"]
-    process = subprocess.Popen(
-        [*script("lopt-train"), *common, "steps=100000", "checkpoint_every=100000"],
-        cwd=tmp_path,
-        env=environment(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_train([*common, "steps=100000", "checkpoint_every=100000"], tmp_path)
     metrics = lambda: list(tmp_path.glob("runs/smoke/*/metrics.jsonl"))
     deadline = time.monotonic() + 240
     while not (metrics() and metrics()[0].read_text()):  # the loop is running
@@ -535,14 +533,7 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_prints_the_resume_command(tmp_
 
 
 def test_a_signal_while_starting_exits_with_one_line(tmp_path):
-    process = subprocess.Popen(
-        [*script("lopt-train"), *FAST, "logger=none", "hydra.run.dir=run"],
-        cwd=tmp_path,
-        env=environment(tmp_path),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_train([*FAST, "logger=none", "hydra.run.dir=run"], tmp_path)
     deadline = time.monotonic() + 120
     while not (tmp_path / "run" / "config.yaml").exists():  # started, not yet trained
         assert process.poll() is None, process.stderr.read()[-3000:]

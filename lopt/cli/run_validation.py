@@ -13,10 +13,10 @@ import dataclasses
 import json
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -30,7 +30,7 @@ from lopt.evaluation.validation import (
     make_validator,
     reference_scores,
 )
-from lopt.meta import MetaState, MetaTrainer
+from lopt.meta import MetaState
 
 log = logging.getLogger("lopt.train")
 
@@ -189,11 +189,22 @@ def with_step_size(theta: Any, learning_rate: float) -> Any:
 
 
 def prepare_validation(
-    config: dict, parts: Any, trainer: MetaTrainer, run_dir: Path, settings: ValidationSettings
+    config: dict,
+    parts: Any,
+    run_dir: Path,
+    settings: ValidationSettings,
+    initial_theta: Callable[[], Any],
 ) -> tuple[Validation, Any]:
     """The run's validator and its reference levels, read from ``validation/reference.json``
     when an earlier process of this run computed them, else computed (a learning-rate sweep
     of Adam and the initial theta's validation) and written there.
+
+    Args:
+        config: the resolved run config.
+        parts: the run's parts (:func:`lopt.cli.common.build_parts`).
+        run_dir: the run directory.
+        settings: the validation settings.
+        initial_theta: returns the initial theta as the optimizer makes it (called once).
 
     Returns:
         The validation and the initial theta (with ``start_at_tuned``, its step size is the
@@ -202,7 +213,7 @@ def prepare_validation(
     validate = make_validator(parts.task, parts.opt, settings)
     path = run_dir / REFERENCE_FILE
     settings_json = json.loads(json.dumps(dataclasses.asdict(settings)))
-    theta0 = trainer.init(jax.random.PRNGKey(config["seed"])).theta
+    theta0 = initial_theta()
     every = config["validation"]["every"]
     if path.is_file():
         document = json.loads(path.read_text())

@@ -305,10 +305,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             run_dir,
         )
         if settings is not None:
-            validation, theta0 = prepare_validation(config, parts, trainer, run_dir, settings)
+            key = jax.random.PRNGKey(config["seed"])
+            initial = (lambda: trainer.init(key).theta) if resumed else (lambda: state.meta.theta)
+            validation, theta0 = prepare_validation(config, parts, run_dir, settings, initial)
             if not resumed:
                 if config["start_at_tuned"]:
-                    key = jax.random.PRNGKey(config["seed"])
                     state = fresh_run_state(trainer.init(key, theta0))
                 theta0_score = np.float32(validation.reference.theta0.score)
                 state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
@@ -354,11 +355,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     shown.pop("validation", None)
     shown.pop("environment", None)
     log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
-    _report_health(summary, config, parts)
+    _report_health(summary, parts)
     return summary
 
 
-def _report_health(summary: dict, config: dict, parts: Any) -> None:
+def _report_health(summary: dict, parts: Any) -> None:
     """Says plainly, at the end, whether the run learned and whether particles diverged."""
     diverged = summary["num_nonfinite"]
     if diverged:

@@ -189,12 +189,12 @@ def tune_interior(
     **options: Any,
 ) -> SweepResult:
     """:func:`~lopt.evaluation.sweep.tune_learning_rate`, with the grid extended by one
-    point past an edge (the ratio of the grid's last two points) while the best rate is at
-    that edge and the neighbour past it has not diverged, at most ``max_extensions`` times.
+    point past an edge (the ratio of the grid's two points at that edge) while the best rate
+    is at that edge, at most ``max_extensions`` times. A new point that diverges loses, so
+    the old edge becomes interior.
 
     Returns:
-        The last sweep; its ``at_grid_edge`` is false unless the extensions ran out or the
-        best rate sits next to a diverging one (then it is interior in effect).
+        The last sweep; its ``at_grid_edge`` is false unless the extensions ran out.
     """
     rates = sorted(float(rate) for rate in learning_rates)
     sweep = tune_learning_rate(task, name, rates, seeds, num_steps, **options)
@@ -208,9 +208,4 @@ def tune_interior(
             ratio = rates[-1] / rates[-2]
             rates = [*rates, rates[-1] * ratio]
         sweep = tune_learning_rate(task, name, rates, seeds, num_steps, **options)
-        if sweep.best_index not in (0, len(rates) - 1):
-            break
-        # The new point lost: the old edge is now interior.
-        if not np.isfinite(sweep.scores[0 if sweep.best_index else -1]):
-            break
     return sweep

@@ -128,15 +128,16 @@ class ValidationScores(NamedTuple):
         return cls(**{name: read(document[name]) for name in MEASURES})
 
 
-def scores_from_trajectory(trajectory: runner.Trajectory, tail: int) -> ValidationScores:
-    """The validation measures of ``N`` runs."""
-    curves = trajectory.train_loss
+def scores_from_losses(train_loss: Any, test_loss: Any, tail: int) -> ValidationScores:
+    """The validation measures of ``N`` runs from their ``(N, T)`` training losses and
+    ``(N,)`` held-out losses."""
+    curves = np.asarray(train_loss, np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         mean_loss = curves.mean(axis=-1)
     return ValidationScores(
         final_loss=stats.final_loss(curves, tail),
         mean_loss=mean_loss,
-        test_loss=np.asarray(trajectory.test_metrics["loss"], np.float64),
+        test_loss=np.asarray(test_loss, np.float64),
     )
 
 
@@ -153,14 +154,8 @@ def make_validator(
     tail = settings.tail
 
     def validate(theta: PyTree) -> ValidationScores:
-        losses, metrics = jax.device_get(run(task, theta, keys))
-        trajectory = runner.Trajectory(
-            train_loss=np.asarray(losses, np.float64).T,
-            test_metrics={k: np.asarray(v, np.float64) for k, v in metrics.items()},
-            seconds_per_step=math.nan,
-            compile_seconds=math.nan,
-        )
-        return scores_from_trajectory(trajectory, tail)
+        losses, metrics = jax.device_get(run(task, theta, keys))  # losses: (T, N)
+        return scores_from_losses(np.asarray(losses).T, metrics["loss"], tail)
 
     return validate
 
@@ -233,7 +228,10 @@ def reference_scores(
     )
     # The sweep ran Adam on exactly the validation runs: its best rate's runs are Adam's
     # validation (the same seeds, horizon, tail and held-out batches).
-    adam_scores = scores_from_trajectory(sweep.runs_of(sweep.best_index), settings.tail)
+    adam_runs = sweep.runs_of(sweep.best_index)
+    adam_scores = scores_from_losses(
+        adam_runs.train_loss, adam_runs.test_metrics["loss"], settings.tail
+    )
     return Reference(
         theta0=None if validator is None else validator(theta0),
         adam=adam_scores,
