@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test test-all lint bench demo clean
+.PHONY: install test test-slow test-all lint bench demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: install
 	$(BIN)/python -m pytest -q -n 2
+
+# The long end-to-end runs (several processes each, or meta-training to a threshold).
+test-slow: install
+	$(BIN)/python -m pytest -q -n 2 -m slow
 
 test-all: install
 	$(BIN)/python -m pytest -q -n 2 -m ""

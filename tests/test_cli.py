@@ -54,21 +54,10 @@ def script(name: str) -> list[str]:
     return [sys.executable, "-m", module]
 
 
-_JAX_CACHE: dict[str, str] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def shared_compilation_cache(tmp_path_factory):
-    """Subprocess runs of the same program share XLA's persistent compilation cache."""
-    _JAX_CACHE["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
-    _JAX_CACHE["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    _JAX_CACHE["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    yield
-    _JAX_CACHE.clear()
-
-
 def environment(tmp: Path) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", HYDRA_FULL_ERROR="0", **_JAX_CACHE)
+    """The subprocesses' environment: the run's compilation cache (tests/conftest.py) is in
+    ``os.environ``; wandb's files stay in the test's directory."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", HYDRA_FULL_ERROR="0")
     env.pop("WANDB_MODE", None)
     for name in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         env[name] = str(tmp / "wandb_home")
@@ -431,6 +420,7 @@ def test_a_diverging_optimizer_is_reported_not_saved_silently(tmp_path, caplog):
     assert all(r["meta_loss"] < 23.1 for r in records)  # exploding particles are left out
 
 
+@pytest.mark.slow  # an end-to-end run of several processes; CI runs it
 def test_multirun_sweep_gives_each_run_its_directory(tmp_path):
     result = run(
         [
@@ -455,6 +445,7 @@ def test_multirun_sweep_gives_each_run_its_directory(tmp_path):
         assert not (run_dir / "optimizer_last").exists()  # no validation: optimizer/ is last
 
 
+@pytest.mark.slow  # an end-to-end run of several processes; CI runs it
 def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     steps = 40
     common = [*FAST, "logger=none", "checkpoint_every=5", "log_every=5", "keep_checkpoints=2"]
@@ -506,6 +497,7 @@ def test_run_killed_with_sigkill_resumes_bit_for_bit(tmp_path):
     assert (tmp_path / "straight" / last).read_bytes() == (killed_dir / last).read_bytes()
 
 
+@pytest.mark.slow  # an end-to-end run of several processes; CI runs it
 def test_ctrl_c_finishes_the_step_checkpoints_and_prints_the_resume_command(tmp_path):
     common = [*FAST, "logger=none", "log_every=5", "validation.every=0", "start_at_tuned=false"]
     process = start_train([*common, "steps=100000", "checkpoint_every=100000"], tmp_path)

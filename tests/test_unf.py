@@ -183,16 +183,31 @@ def max_abs_diff(a, b):
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def random_variables(module: nn.Module, seed: int, x) -> dict:
+    """Variables of ``module`` for input ``x``, drawn with numpy at flax's shapes.
+
+    The properties checked here hold for any parameters. Compiling ``module.init`` for
+    every drawn weight space costs several times compiling ``apply``, so only its shapes
+    are traced. Scales keep activations of order one: a matrix ``1/sqrt(its larger
+    side)``, a vector 0.1.
+    """
+    rng = np.random.default_rng(seed)
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
+    scale = lambda shape: 1 / math.sqrt(max(shape)) if len(shape) > 1 else 0.1
+    draw = lambda s: jnp.asarray(rng.normal(0, scale(s.shape), s.shape), s.dtype)
+    return jax.tree_util.tree_map(draw, shapes)
+
+
 @SETTINGS
 @given(tensors=weight_spaces(), seed=st.integers(0, 2**16))
 def test_fast_layer_equals_oracle(tensors, seed):
     channels, features = 2, 3
     spec, x = build(tensors, channels, jax.random.PRNGKey(seed))
     layer = UNFLinear(spec, features)
-    variables = jax.jit(layer.init)(jax.random.PRNGKey(seed + 1), x)
     # random biases too, so the bias patterns are checked
     params = jax.tree_util.tree_map(
-        lambda p: jax.random.normal(jax.random.PRNGKey(seed + 2), p.shape), variables["params"]
+        lambda p: jax.random.normal(jax.random.PRNGKey(seed + 2), p.shape),
+        jax.eval_shape(layer.init, jax.random.PRNGKey(seed + 1), x)["params"],
     )
     fast = jax.jit(layer.apply)({"params": params}, x)
     keys = sorted(spec, key=lambda k: int(k[1:]))
@@ -225,7 +240,7 @@ def test_transposed_leaves_stack_and_equal_the_oracle():
         (6,): (None,),
     }
     layer = UNFLinear(spec, 3)
-    params = layer.init(jax.random.PRNGKey(4), x)["params"]
+    params = jax.eval_shape(layer.init, jax.random.PRNGKey(4), x)["params"]
     params = jax.tree_util.tree_map(
         lambda p: jax.random.normal(jax.random.PRNGKey(5), p.shape), params
     )
@@ -251,7 +266,7 @@ def test_transposed_leaves_stack_and_equal_the_oracle():
 def test_unf_stack_is_equivariant(tensors, seed):
     spec, x = build(tensors, 3, jax.random.PRNGKey(seed))
     net = NeuralFunctional(spec, pointwise=(4,), equivariant=(5, 2))
-    variables = jax.jit(net.init)(jax.random.PRNGKey(seed + 1), x)
+    variables = random_variables(net, seed + 1, x)
     perms = random_permutations(jax.random.PRNGKey(seed + 2), spec, x)
     apply = jax.jit(net.apply)
     out = apply(variables, permute(x, spec, perms))
@@ -263,7 +278,7 @@ def test_unf_stack_is_equivariant(tensors, seed):
 def test_invariant_network_is_invariant(tensors, seed):
     spec, x = build(tensors, 2, jax.random.PRNGKey(seed))
     net = InvariantNetwork(spec, equivariant=(4,), head=(8, 3))
-    variables = jax.jit(net.init)(jax.random.PRNGKey(seed + 1), x)
+    variables = random_variables(net, seed + 1, x)
     perms = random_permutations(jax.random.PRNGKey(seed + 2), spec, x)
     apply = jax.jit(net.apply)
     np.testing.assert_allclose(
@@ -505,12 +520,13 @@ def test_vmapped_gradients_equal_per_example_gradients():
         return sum(jnp.sum(out**2) for out in jax.tree_util.tree_leaves(net.apply(v, inputs)))
 
     batched = jax.jit(jax.vmap(jax.grad(loss), (None, 0)))(variables, batch)
+    per_example = jax.jit(jax.grad(loss))
     for index in range(3):
 
         def pick(a, index=index):
             return a[index]
 
-        single = jax.grad(loss)(variables, jax.tree_util.tree_map(pick, batch))
+        single = per_example(variables, jax.tree_util.tree_map(pick, batch))
         got = jax.tree_util.tree_map(pick, batched)
         for want, have in zip(
             jax.tree_util.tree_leaves(single), jax.tree_util.tree_leaves(got), strict=True

@@ -25,6 +25,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig
 
+from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
 from lopt.cli import schema
 from lopt.cli.common import RunError, build_task, enable_compilation_cache, to_container
 from lopt.evaluation import (

@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from lopt.checkpoint import Checkpointer, CheckpointError
+from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
 from lopt.cli import schema
 from lopt.cli.common import (
     RunError,
