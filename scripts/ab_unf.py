@@ -1,13 +1,11 @@
 """A/B benchmark: the working tree's UNF layers against those of a git revision, in one process.
 
 Separate benchmark runs on a shared machine differ by up to ±25% even in their ratios, which
-hides changes of a few percent. This script loads ``lopt/nf/layers.py`` twice (as committed
-at ``--baseline`` and as in the working tree), compiles the same 4-layer UNF with each and
-a Deep Sets network of the same widths, and times all of them in alternating blocks of calls
-in one process, so load from other processes hits both sides alike.
-
-Only ``layers.py`` is swapped: the other modules of ``lopt.nf`` must be the same in both
-(checked; the script stops with a message if they differ).
+hides changes of a few percent. This script imports the package ``lopt/nf`` twice (as
+committed at ``--baseline`` and as in the working tree, each under its own package name),
+compiles the same 4-layer UNF with each and a Deep Sets network of the same widths, and
+times all of them in alternating blocks of calls in one process, so load from other
+processes hits both sides alike.
 
     python scripts/ab_unf.py                          # working tree vs HEAD, all spaces
     python scripts/ab_unf.py --baseline main~3 --spaces cnn transformer --blocks 20
@@ -16,9 +14,11 @@ Only ``layers.py`` is swapped: the other modules of ``lopt.nf`` must be the same
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import subprocess
 import sys
-import types
+import tempfile
 from pathlib import Path
 
 import jax
@@ -36,36 +36,37 @@ from bench_unf import (
 import lopt.nf as nf
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = "lopt/nf/layers.py"
+PACKAGE = "lopt/nf"
 
 
-def committed(revision: str, path: str) -> str:
-    """The text of ``path`` at ``revision``."""
-    result = subprocess.run(
-        ["git", "show", f"{revision}:{path}"], cwd=ROOT, capture_output=True, text=True
-    )
+def package_sources(revision: str | None) -> dict[str, str]:
+    """``file name -> text`` of the ``lopt/nf`` modules at ``revision`` (None: working tree)."""
+    if revision is None:
+        return {p.name: p.read_text() for p in sorted((ROOT / PACKAGE).glob("*.py"))}
+    listed = git("ls-tree", "--name-only", f"{revision}:{PACKAGE}")
+    return {
+        name: git("show", f"{revision}:{PACKAGE}/{name}")
+        for name in listed.split()
+        if name.endswith(".py")
+    }
+
+
+def git(*args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"cannot read {path} at {revision!r}: {result.stderr.strip()}")
+        raise SystemExit(f"git {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
 
 
-def check_same_dependencies(revision: str) -> None:
-    """Stops unless every ``lopt/nf`` module but ``layers.py`` matches ``revision``."""
-    for path in sorted((ROOT / "lopt" / "nf").glob("*.py")):
-        relative = path.relative_to(ROOT).as_posix()
-        if relative != LAYERS and committed(revision, relative) != path.read_text():
-            raise SystemExit(
-                f"{relative} differs from {revision}; this script swaps only {LAYERS}, "
-                "so commit or stash the other change first"
-            )
-
-
-def load_module(source: str, name: str):
-    """Imports ``source`` (the text of a layers module) as a module called ``name``."""
-    module = types.ModuleType(name)
-    sys.modules[name] = module  # dataclass machinery looks the module up by name
-    exec(compile(source, f"<{name}>", "exec"), module.__dict__)
-    return module
+def load_package(sources: dict[str, str], name: str, directory: Path):
+    """Imports ``sources`` as the package ``name``: its own imports of ``lopt.nf`` point to it."""
+    package = directory / name
+    package.mkdir()
+    for file_name, text in sources.items():
+        (package / file_name).write_text(re.sub(r"\blopt\.nf\b", name, text))
+    if str(directory) not in sys.path:
+        sys.path.insert(0, str(directory))
+    return importlib.import_module(name)
 
 
 def main() -> None:
@@ -76,10 +77,10 @@ def main() -> None:
     add_allocator_option(parser)
     args = parser.parse_args()
     allocator = set_allocator(args)
-    check_same_dependencies(args.baseline)
+    directory = Path(tempfile.mkdtemp(prefix="ab_unf_"))
     layers = {
-        "baseline": load_module(committed(args.baseline, LAYERS), "layers_baseline"),
-        "working": load_module((ROOT / LAYERS).read_text(), "layers_working"),
+        "baseline": load_package(package_sources(args.baseline), "nf_baseline", directory),
+        "working": load_package(package_sources(None), "nf_working", directory),
     }
     print(f"jax {jax.__version__}; widths {CHANNELS}->{WIDTHS}; baseline {args.baseline}")
     print(f"allocator: {allocator}")

@@ -154,7 +154,7 @@ def xla_gflop(executable) -> float:
     """XLA's static estimate of a compiled executable's work, in GFLOP.
 
     Its bytes-accessed estimate is left out: it counts every operand of an instruction
-    whole, so each of the layer's fusion boundaries (:func:`lopt.nf.layers._computed_once`,
+    whole, so each of the layer's fusion boundaries (:func:`lopt.nf.xla_boundary.computed_once`,
     a ``cond`` whose predicate reads one entry) would count as a full pass over the tensor.
     """
     analysis = executable.cost_analysis()

@@ -5,6 +5,8 @@
 >>> loss = task.loss(params, task.batch(jax.random.key(1)))
 """
 
+from lopt.nf.derive import derive_spec
+
 from .base import (
     Task,
     classification_loss,
@@ -15,7 +17,6 @@ from .base import (
     text_sampler,
 )
 from .data import DatasetNotPreparedError, area_resize, prepare_instructions
-from .derive import derive_spec
 from .models import CNN, MLP, RNNLM, TransformerBlock, TransformerLM, identity_init
 from .registry import (
     EMBEDDED_TASKS,

@@ -34,8 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.nf import spec as nfspec
-
-from .derive import derive_spec
+from lopt.nf.derive import derive_spec
 
 PyTree = Any
 Batch = dict[str, jax.Array]

@@ -28,7 +28,7 @@ from lopt.nf import (
     term_coefficients,
     unstack_features,
 )
-from lopt.nf.layers import kernel_blocks
+from lopt.nf.coefficients import kernel_blocks
 from lopt.nf.plan import set_partitions
 
 # --- the oracle: Algorithm 1 term by term, from dense indicator tensors -----------------
@@ -568,8 +568,8 @@ def test_nan_entry_gives_the_oracle_result():
 
 def test_large_reductions_equal_the_reference_values_and_gradients():
     # reductions of 80,000 entries and more run through shared buffers
-    from lopt.nf.layers import _SHARED_SIZE
     from lopt.nf.reference import per_term_apply
+    from lopt.nf.xla_boundary import SHARED_SIZE as _SHARED_SIZE
 
     spec = {"w": ("a", "b", "c"), "v": ("c",)}
     x = {

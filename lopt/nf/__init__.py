@@ -1,19 +1,13 @@
 """Permutation specs and permutation-equivariant neural functionals over weight spaces."""
 
+from lopt.nf.coefficients import term_coefficients
 from lopt.nf.layers import (
     InvariantNetwork,
     InvariantPool,
     NeuralFunctional,
     PointwiseDense,
-    StackedFeatures,
     UNFLinear,
     nfn_spec,
-    plan_for,
-    stack_features,
-    stacked_plan,
-    term_coefficients,
-    to_matrix,
-    unstack_features,
 )
 from lopt.nf.plan import Plan, bell, compile_plan, count_terms
 from lopt.nf.spec import (
@@ -31,6 +25,14 @@ from lopt.nf.spec import (
     symmetry_ids,
     validate,
     with_channel_axis,
+)
+from lopt.nf.stacking import (
+    StackedFeatures,
+    plan_for,
+    stack_features,
+    stacked_plan,
+    to_matrix,
+    unstack_features,
 )
 
 __all__ = [

@@ -15,16 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lopt.nf.layers import (
-    _fold,
-    _place,
-    _placement,
-    _reduce,
-    _unfold,
-    kernel_blocks,
-    stack_features,
-    unstack_features,
-)
+from lopt.nf.coefficients import kernel_blocks
+from lopt.nf.ops import fold, place, placement, reduce, unfold
+from lopt.nf.stacking import stack_features, unstack_features
 
 PyTree = Any
 
@@ -45,7 +38,7 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
     stacked = stack_features(spec, x)
     plan = stacked.plan
     folded = [
-        _fold(tensor, layout) for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True)
+        fold(tensor, layout) for tensor, layout in zip(stacked.tensors, plan.tensors, strict=True)
     ]
     in_channels = stacked.tensors[0].shape[-1]
     outputs = []
@@ -59,7 +52,7 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
                 reduction = term.reduction
                 source = plan.tensors[reduction.tensor]
                 kept = tuple(sorted(reduction.kept))
-                reduced = _reduce(
+                reduced = reduce(
                     folded[reduction.tensor],
                     type(reduction)(reduction.tensor, reduction.partition, kept),
                     source,
@@ -67,13 +60,13 @@ def per_term_apply(spec: Any, params: dict, x: PyTree, features: int) -> PyTree:
                 order = [kept.index(block) for block in reduction.kept]
                 reduced = jnp.transpose(reduced, (*order, reduced.ndim - 1))
                 z = reduced @ params[name][rows, term_columns].T
-                total = total + _place(z, _placement(group, layout), layout.permuted_shape)
+                total = total + place(z, placement(group, layout), layout.permuted_shape)
             if bias is not None and group.has_bias:
-                total = total + _place(
-                    bias[bias_row], _placement(group, layout), layout.permuted_shape
+                total = total + place(
+                    bias[bias_row], placement(group, layout), layout.permuted_shape
                 )
                 bias_row += 1
-        outputs.append(_unfold(total, layout, features))
+        outputs.append(unfold(total, layout, features))
     return unstack_features(stacked.replace(tensors=tuple(outputs)))
 
 
