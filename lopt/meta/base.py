@@ -33,7 +33,9 @@ class EstimateInfo(NamedTuple):
     objective: jax.Array
     num_episodes_ended: jax.Array
     num_nonfinite: jax.Array
-    half_cosine: jax.Array = jnp.full((), jnp.nan, jnp.float32)
+    # numpy, not jnp: a jnp default would start JAX's backend on import, which must wait
+    # for jax.distributed.initialize in a multi-process run.
+    half_cosine: jax.Array = np.float32(np.nan)
 
 
 class Estimator(NamedTuple):
