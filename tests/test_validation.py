@@ -131,7 +131,7 @@ def test_an_exploding_but_finite_particle_counts_as_diverged(task):
     objective = MetaObjective(max_loss=10 * task.chance_loss, clip=5.0)
     assert bool(objective.diverged(jnp.asarray(1e28))) and not bool(objective.diverged(2.0))
     assert bool(objective.diverged(jnp.asarray(jnp.nan)))
-    assert float(objective.shape(jnp.asarray(jnp.nan))) == 5.0  # NaN is the worst value
+    assert float(objective.step_value(jnp.asarray(jnp.nan))) == 5.0  # NaN is the worst value
     opt = make_optimizer("sgdm", task.spec, learning_rate=0.1)
     unroller = make_unroller(task, opt, 50, objective)
     population = unroller.init_population(jax.random.key(0), 2, 1, stagger=False)

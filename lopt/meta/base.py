@@ -10,6 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.meta.population import Unroller
+from lopt.meta.tree_utils import all_finite
+from lopt.meta.tree_utils import broadcast_theta as broadcast_theta
+from lopt.meta.tree_utils import tree_cosine as tree_cosine
+from lopt.meta.tree_utils import weighted_group_sum as weighted_group_sum
 
 PyTree = Any
 
@@ -40,6 +44,10 @@ class EstimateInfo(NamedTuple):
 
 class Estimator(NamedTuple):
     """A meta-gradient estimator. The trainer only ever calls these fields.
+
+    :func:`~lopt.meta.make_meta_trainer` hands an estimator ``theta`` as one flat vector
+    ``(D,)``, with an unroller whose ``unroll`` takes one such vector per particle
+    (:mod:`lopt.meta.ravel`).
 
     Attributes:
         init: ``(key, theta, unroller) -> state``: the estimator's full state (a pytree of
@@ -107,28 +115,33 @@ def antithetic_thetas(theta: PyTree, eps: PyTree) -> PyTree:
     return jax.tree.map(pair, theta, eps)
 
 
-def broadcast_theta(theta: PyTree, num: int) -> PyTree:
-    """``theta`` repeated along a new leading axis of size ``num``."""
-    return jax.tree.map(lambda t: jnp.broadcast_to(t, (num, *jnp.shape(t))), theta)
+def antithetic_differences(
+    weighted: jax.Array, counted: jax.Array, num_pairs: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per-pair differences of an antithetic unroll's weighted objective values.
 
+    Args:
+        weighted: float ``(K, 2G)``, per-step objective values times their weights, 0 where
+            a value is not counted.
+        counted: bool ``(K, 2G)``, the steps allowed into the estimate: a pair with any other
+            step is left out.
+        num_pairs: ``G``.
 
-def weighted_group_sum(weights: jax.Array, tree: PyTree) -> PyTree:
-    """``sum_g weights[g] * tree[g]`` for every leaf (leaves with leading axis ``G``)."""
-    return jax.tree.map(lambda x: jnp.tensordot(weights.astype(x.dtype), x, axes=1), tree)
+    Returns:
+        ``weighted`` as ``(K, G, 2)`` (member ``+`` first), bool ``(G,)`` valid pairs, and
+        ``(K, G)`` differences ``+`` minus ``-`` (0 for pairs left out).
+    """
+    num_steps = weighted.shape[0]
+    weighted = weighted.reshape(num_steps, num_pairs, 2)
+    valid = counted.reshape(num_steps, num_pairs, 2).all(axis=(0, 2))
+    diff = jnp.where(valid, weighted[..., 0] - weighted[..., 1], 0.0)
+    return weighted, valid, diff
 
 
 def leading_all_finite(tree: PyTree) -> jax.Array:
-    """bool ``(N,)``: every entry of particle/group ``n`` of every leaf is finite."""
-    flags = [jnp.isfinite(x).reshape(x.shape[0], -1).all(axis=1) for x in jax.tree.leaves(tree)]
-    return jnp.stack(flags).all(axis=0)
-
-
-def tree_cosine(a: PyTree, b: PyTree) -> jax.Array:
-    """Cosine between two pytrees seen as vectors (NaN if either is zero)."""
-    dot = sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
-    norm = lambda t: jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(t)))
-    denominator = norm(a) * norm(b)
-    return jnp.where(denominator > 0, dot / denominator, jnp.nan).astype(jnp.float32)
+    """bool ``(N,)``: every entry of particle/group ``n`` of every leaf is finite (the
+    per-particle case of :func:`lopt.meta.tree_utils.all_finite`, under its older name)."""
+    return all_finite(tree, leading_dims=1)
 
 
 def first_half(num_groups: int) -> jax.Array:

@@ -5,10 +5,11 @@ episode (``theta + eps_g`` and ``theta - eps_g`` on the same data) and returns::
 
     g_hat = mean over valid pairs of eps_g * sum_t w_t (v^+_g,t - v^-_g,t) / (2 sigma^2)
 
-with ``w_t = 1 / length`` for the mean objective (``ended`` for the final one). Episodes of a
-variable-length schedule all run ``schedule.max_length`` steps; steps past a pair's own
-length carry zero weight. Unbiased for the smoothed objective, with no state to carry except
-the PRNG key; cost per estimate is a full episode.
+with ``w_t = 1 / length`` for the mean objective (``ended`` for the final one; see
+:meth:`~lopt.meta.MetaObjective.step_weights`). Episodes of a variable-length schedule all
+run ``schedule.max_length`` steps; steps past a pair's own length carry zero weight.
+Unbiased for the smoothed objective, with no state to carry except the PRNG key; cost per
+estimate is a full episode.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import jax.numpy as jnp
 from lopt.meta.base import (
     EstimateInfo,
     Estimator,
+    antithetic_differences,
     antithetic_thetas,
     check_positive_float,
     check_positive_int,
     masked_mean,
     sample_perturbations,
-    weighted_group_sum,
 )
+from lopt.meta.objective import within_episode
 from lopt.meta.population import Unroller, raw_key
+from lopt.meta.tree_utils import weighted_group_sum
 
 PyTree = Any
 
@@ -70,16 +73,12 @@ def full_es(num_pairs: int, sigma: float) -> Estimator:
         _, record = unroller.unroll(
             antithetic_thetas(theta, eps), population, horizon, group_size=2, reset=False
         )
-        in_episode = jnp.arange(horizon)[:, None] < population.length[None, :]  # (T, 2G)
-        if unroller.objective.reduction == "mean":
-            weights = in_episode / population.length[None, :].astype(jnp.float32)
-        else:
-            weights = record.ended.astype(jnp.float32)
+        in_episode = within_episode(horizon, population.length)  # (T, 2G)
+        weights = unroller.objective.step_weights(record.ended, population.length)
         counted = record.finite | ~in_episode
         weighted = jnp.where(record.finite & in_episode, record.objective * weights, 0.0)
-        weighted = weighted.reshape(horizon, num_pairs, 2)
-        valid = counted.reshape(horizon, num_pairs, 2).all(axis=(0, 2))
-        diff = jnp.where(valid, weighted[..., 0] - weighted[..., 1], 0.0).sum(axis=0)
+        weighted, valid, diff = antithetic_differences(weighted, counted, num_pairs)
+        diff = diff.sum(axis=0)
         scale = 1.0 / (2.0 * sigma**2 * jnp.maximum(valid.sum(), 1))
         grad = weighted_group_sum(diff * scale, eps)
         info = EstimateInfo(

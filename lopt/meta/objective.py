@@ -88,8 +88,9 @@ class MetaObjective(NamedTuple):
         """JSON-serialisable form."""
         return dict(self._asdict())
 
-    def shape(self, loss: jax.Array) -> jax.Array:
-        """Applies ``transform`` and ``clip`` to a per-step loss (any shape)."""
+    def step_value(self, loss: jax.Array) -> jax.Array:
+        """The per-step objective value of a per-step loss (any shape): ``transform``, then
+        ``clip``, applied."""
         if self.transform == "log":
             loss = jnp.log(jnp.maximum(loss, _LOG_FLOOR))
         if self.clip is not None:
@@ -103,18 +104,32 @@ class MetaObjective(NamedTuple):
             bad = bad | (loss > self.max_loss)
         return bad
 
-    def step_weights(self, ended: jax.Array) -> jax.Array:
+    def step_weights(self, ended: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
         """Weights of per-step values in one unroll's objective.
 
         Args:
-            ended: bool ``(K, ...)``; true where a step was the last of its episode.
+            ended: bool ``(K, N)``; true where a step was the last of its episode.
+            lengths: optional int ``(N,)``, for unrolls in which every column's episode
+                starts at the first step and may end before the unroll does (full-horizon
+                unrolls without resets): each column's episode length; the steps after it
+                weigh 0.
 
         Returns:
-            float32 ``(K, ...)``: ``1/K`` everywhere for ``"mean"``, ``ended`` for ``"final"``.
+            float32 ``(K, N)``. For ``"mean"``: ``1/K`` everywhere, or with ``lengths``
+            ``1/length`` within each episode; for ``"final"``: ``ended``.
         """
         if self.reduction == "mean":
-            return jnp.full(ended.shape, 1.0 / ended.shape[0], jnp.float32)
+            if lengths is None:
+                return jnp.full(ended.shape, 1.0 / ended.shape[0], jnp.float32)
+            in_episode = within_episode(ended.shape[0], lengths)
+            return in_episode / lengths[None, :].astype(jnp.float32)
         return ended.astype(jnp.float32)
+
+
+def within_episode(num_steps: int, lengths: jax.Array) -> jax.Array:
+    """bool ``(num_steps, N)``: step ``t`` of an unroll that starts every column's episode
+    lies within that episode (``t < lengths[n]``)."""
+    return jnp.arange(num_steps)[:, None] < lengths[None, :]
 
 
 def as_objective(objective: MetaObjective | dict | None) -> MetaObjective:

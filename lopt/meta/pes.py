@@ -30,6 +30,7 @@ mean, counted in ``num_nonfinite``, and (by the population) reset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -38,16 +39,16 @@ import jax.numpy as jnp
 from lopt.meta.base import (
     EstimateInfo,
     Estimator,
+    antithetic_differences,
     antithetic_thetas,
     check_positive_float,
     check_positive_int,
     first_half,
     masked_mean,
     sample_perturbations,
-    tree_cosine,
-    weighted_group_sum,
 )
 from lopt.meta.population import ParticleState, Unroller, raw_key
+from lopt.meta.tree_utils import tree_cosine, weighted_group_sum
 
 PyTree = Any
 
@@ -135,6 +136,26 @@ def pes(
         )
         return PESState(population, accumulator, key)
 
+    return Estimator(
+        init=init,
+        estimate=_pes_estimate(num_pairs, truncation_length, sigma, persistent),
+        inner_steps=lambda unroller: 2 * num_pairs * truncation_length,
+        particle_fields=("population", "accumulator"),
+        config={
+            "name": name,
+            "num_pairs": num_pairs,
+            "truncation_length": truncation_length,
+            "sigma": sigma,
+            "stagger": stagger,
+        },
+    )
+
+
+def _pes_estimate(
+    num_pairs: int, truncation_length: int, sigma: float, persistent: bool
+) -> Callable[..., tuple[PyTree, PESState, EstimateInfo]]:
+    """``Estimator.estimate`` of :func:`pes` (see the module docstring)."""
+
     def estimate(
         theta: PyTree, state: PESState, unroller: Unroller
     ) -> tuple[PyTree, PESState, EstimateInfo]:
@@ -146,9 +167,7 @@ def pes(
         )
         weights = unroller.objective.step_weights(record.ended)
         weighted = jnp.where(record.finite, record.objective * weights, 0.0)
-        weighted = weighted.reshape(truncation_length, num_pairs, 2)
-        valid = record.finite.reshape(truncation_length, num_pairs, 2).all(axis=(0, 2))
-        diff = jnp.where(valid, weighted[..., 0] - weighted[..., 1], 0.0)  # (K, G)
+        weighted, valid, diff = antithetic_differences(weighted, record.finite, num_pairs)
         num_valid = jnp.maximum(valid.sum(), 1)
         scale = 1.0 / (2.0 * sigma**2 * num_valid)
 
@@ -176,19 +195,7 @@ def pes(
         )
         return grad, PESState(population, accumulator, key), info
 
-    return Estimator(
-        init=init,
-        estimate=estimate,
-        inner_steps=lambda unroller: 2 * num_pairs * truncation_length,
-        particle_fields=("population", "accumulator"),
-        config={
-            "name": name,
-            "num_pairs": num_pairs,
-            "truncation_length": truncation_length,
-            "sigma": sigma,
-            "stagger": stagger,
-        },
-    )
+    return estimate
 
 
 def truncated_es(

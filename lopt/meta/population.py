@@ -30,7 +30,15 @@ import jax.numpy as jnp
 import optax
 
 from lopt.meta.objective import MetaObjective, as_objective
+from lopt.meta.protocols import (
+    OPTIMIZER_METHODS,
+    TASK_METHODS,
+    LearnedOptimizerLike,
+    TaskLike,
+    check_methods,
+)
 from lopt.meta.schedules import EpisodeSchedule, as_schedule
+from lopt.meta.tree_utils import tree_select
 
 PyTree = Any
 
@@ -91,6 +99,8 @@ class Unroller(NamedTuple):
             StepRecord)``: ``num_steps`` inner steps of every particle in one ``lax.scan``,
             vmapped over particles; ``thetas`` carries one meta-parameter pytree per particle
             (leading axis ``N``). ``reset=False`` lets ended episodes run on unchanged.
+            Estimators get an unroller taking flat thetas ``(N, D)`` instead
+            (:func:`lopt.meta.ravel.ravel_theta`).
         task: the inner task.
         opt: the learned optimizer.
         schedule: the episode-length schedule.
@@ -102,8 +112,8 @@ class Unroller(NamedTuple):
     init_population: Callable[..., ParticleState]
     inner_step: Callable[..., tuple[ParticleState, jax.Array, jax.Array]]
     unroll: Callable[..., tuple[ParticleState, StepRecord]]
-    task: Any
-    opt: Any
+    task: TaskLike
+    opt: LearnedOptimizerLike
     schedule: EpisodeSchedule
     objective: MetaObjective
 
@@ -115,28 +125,18 @@ def raw_key(key: jax.Array) -> jax.Array:
     return key
 
 
-def tree_select(mask: jax.Array, on_true: PyTree, on_false: PyTree) -> PyTree:
-    """``jnp.where`` over matching pytrees with a mask on the leading axis.
-
-    Args:
-        mask: bool ``(N,)``.
-        on_true: pytree whose leaves have leading axis ``N``.
-        on_false: pytree of the same structure and shapes.
-    """
-
-    def select(a: jax.Array, b: jax.Array) -> jax.Array:
-        return jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(select, on_true, on_false)
-
-
 def group_any(flags: jax.Array, group_size: int) -> jax.Array:
     """bool ``(N,)`` -> ``(G,)``: true where any member of the group is true."""
     return flags.reshape(-1, group_size).any(axis=1)
 
 
 def train_step(
-    task: Any, opt: Any, theta: PyTree, params: PyTree, opt_state: Any, key: jax.Array
+    task: TaskLike,
+    opt: LearnedOptimizerLike,
+    theta: PyTree,
+    params: PyTree,
+    opt_state: Any,
+    key: jax.Array,
 ) -> tuple[PyTree, Any, jax.Array]:
     """One inner training step: a training batch from ``key``, loss and gradient, update.
 
@@ -150,16 +150,17 @@ def train_step(
 
 
 def make_unroller(
-    task: Any,
-    opt: Any,
+    task: TaskLike,
+    opt: LearnedOptimizerLike,
     schedule: EpisodeSchedule | int,
     objective: MetaObjective | dict | None = None,
 ) -> Unroller:
     """Builds the pure functions that advance a population of inner runs.
 
     Args:
-        task: a task (``init``, ``loss``, ``batch``; see CONVENTIONS).
-        opt: a learned optimizer (``init``, ``update(theta, grads, state, params, loss=)``).
+        task: a task (``init``, ``loss``, ``batch``; see :class:`~lopt.meta.protocols.TaskLike`).
+        opt: a learned optimizer (``init``, ``update(theta, grads, state, params, loss=)``;
+            see :class:`~lopt.meta.protocols.LearnedOptimizerLike`).
         schedule: episode-length schedule, or an int for a constant length.
         objective: the meta-objective (default: mean training loss).
 
@@ -168,12 +169,33 @@ def make_unroller(
     """
     schedule = as_schedule(schedule)
     objective = as_objective(objective)
-    for name in ("init", "loss", "batch"):
-        if not callable(getattr(task, name, None)):
-            raise TypeError(f"task has no callable {name!r}; got {type(task).__name__}")
-    for name in ("init", "update"):
-        if not callable(getattr(opt, name, None)):
-            raise TypeError(f"learned optimizer has no callable {name!r}; got {type(opt).__name__}")
+    check_methods(task, TASK_METHODS, "task")
+    check_methods(opt, OPTIMIZER_METHODS, "learned optimizer")
+    fresh_particle = _episode_starter(task, opt, schedule)
+
+    def fresh_particles(keys: jax.Array) -> ParticleState:
+        # A sequential map, not vmap: batching the task's initialisers multiplies their
+        # compile time, while fresh episodes are rare enough for a loop to cost nothing.
+        return jax.lax.map(fresh_particle, keys)
+
+    inner_step = _inner_stepper(task, opt, objective)
+    return Unroller(
+        fresh_particle=fresh_particle,
+        fresh_particles=fresh_particles,
+        init_population=_population_starter(fresh_particles),
+        inner_step=inner_step,
+        unroll=_population_unroller(inner_step, fresh_particles, objective),
+        task=task,
+        opt=opt,
+        schedule=schedule,
+        objective=objective,
+    )
+
+
+def _episode_starter(
+    task: TaskLike, opt: LearnedOptimizerLike, schedule: EpisodeSchedule
+) -> Callable[[jax.Array], ParticleState]:
+    """``key -> ParticleState``: a fresh episode (new parameters, data key and length)."""
 
     def fresh_particle(key: jax.Array) -> ParticleState:
         key, init_key, data_key, length_key = jax.random.split(raw_key(key), 4)
@@ -187,10 +209,13 @@ def make_unroller(
             key=key,
         )
 
-    def fresh_particles(keys: jax.Array) -> ParticleState:
-        # A sequential map, not vmap: batching the task's initialisers multiplies their
-        # compile time, while fresh episodes are rare enough for a loop to cost nothing.
-        return jax.lax.map(fresh_particle, keys)
+    return fresh_particle
+
+
+def _population_starter(
+    fresh_particles: Callable[[jax.Array], ParticleState],
+) -> Callable[..., ParticleState]:
+    """``Unroller.init_population`` over the episodes ``fresh_particles`` starts."""
 
     def init_population(
         key: jax.Array, num_groups: int, group_size: int = 1, stagger: bool = True
@@ -205,7 +230,15 @@ def make_unroller(
             fraction = jax.random.uniform(stagger_key, (num_groups,))
             start = jnp.floor(fraction * groups.length).astype(jnp.int32)
             groups = groups._replace(step=jnp.minimum(start, groups.length - 1))
-        return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), groups)
+        return repeat_members(groups, group_size)
+
+    return init_population
+
+
+def _inner_stepper(
+    task: TaskLike, opt: LearnedOptimizerLike, objective: MetaObjective
+) -> Callable[..., tuple[ParticleState, jax.Array, jax.Array]]:
+    """``Unroller.inner_step``: one inner step of one particle, and its objective value."""
 
     def inner_step(
         theta: PyTree, particle: ParticleState
@@ -220,7 +253,18 @@ def make_unroller(
         else:
             value = loss
         new = particle._replace(params=params, opt_state=opt_state, step=particle.step + 1)
-        return new, loss, objective.shape(value)
+        return new, loss, objective.step_value(value)
+
+    return inner_step
+
+
+def _population_unroller(
+    inner_step: Callable[..., tuple[ParticleState, jax.Array, jax.Array]],
+    fresh_particles: Callable[[jax.Array], ParticleState],
+    objective: MetaObjective,
+) -> Callable[..., tuple[ParticleState, StepRecord]]:
+    """``Unroller.unroll``: ``inner_step`` vmapped over particles, scanned over steps, with
+    the resets of ended and diverged groups."""
 
     def unroll(
         thetas: PyTree,
@@ -237,8 +281,7 @@ def make_unroller(
             )
 
         def restart(pop: ParticleState, mask: jax.Array) -> ParticleState:
-            fresh = fresh_particles(pop.key[::group_size])
-            fresh = jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), fresh)
+            fresh = repeat_members(fresh_particles(pop.key[::group_size]), group_size)
             return tree_select(mask, fresh, pop)
 
         def body(pop: ParticleState, _: None) -> tuple[ParticleState, StepRecord]:
@@ -255,14 +298,9 @@ def make_unroller(
 
         return jax.lax.scan(body, population, None, length=num_steps)
 
-    return Unroller(
-        fresh_particle=fresh_particle,
-        fresh_particles=fresh_particles,
-        init_population=init_population,
-        inner_step=inner_step,
-        unroll=unroll,
-        task=task,
-        opt=opt,
-        schedule=schedule,
-        objective=objective,
-    )
+    return unroll
+
+
+def repeat_members(groups: PyTree, group_size: int) -> PyTree:
+    """Per-group leaves ``(G, ...)`` repeated for every member: ``(G * group_size, ...)``."""
+    return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), groups)

@@ -12,23 +12,21 @@ of the mean without its NaNs reaching anyone else's gradient.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from lopt.meta.base import (
-    EstimateInfo,
-    Estimator,
+from lopt.meta.base import EstimateInfo, Estimator, check_positive_int, first_half, masked_mean
+from lopt.meta.population import ParticleState, StepRecord, Unroller
+from lopt.meta.tree_utils import (
+    all_finite,
     broadcast_theta,
-    check_positive_int,
-    first_half,
-    leading_all_finite,
-    masked_mean,
     tree_cosine,
+    tree_select,
     weighted_group_sum,
 )
-from lopt.meta.population import ParticleState, StepRecord, Unroller, tree_select
 
 PyTree = Any
 
@@ -61,6 +59,25 @@ def tbptt(num_particles: int, truncation_length: int, *, stagger: bool = True) -
         del theta
         return TBPTTState(unroller.init_population(key, num_particles, 1, stagger))
 
+    return Estimator(
+        init=init,
+        estimate=_tbptt_estimate(num_particles, truncation_length),
+        inner_steps=lambda unroller: num_particles * truncation_length,
+        particle_fields=("population",),
+        config={
+            "name": "tbptt",
+            "num_particles": num_particles,
+            "truncation_length": truncation_length,
+            "stagger": stagger,
+        },
+    )
+
+
+def _tbptt_estimate(
+    num_particles: int, truncation_length: int
+) -> Callable[..., tuple[PyTree, TBPTTState, EstimateInfo]]:
+    """``Estimator.estimate`` of :func:`tbptt` (see the module docstring)."""
+
     def estimate(
         theta: PyTree, state: TBPTTState, unroller: Unroller
     ) -> tuple[PyTree, TBPTTState, EstimateInfo]:
@@ -78,7 +95,7 @@ def tbptt(num_particles: int, truncation_length: int, *, stagger: bool = True) -
         per_particle_grads, (population, record, per_particle) = jax.grad(
             total_objective, has_aux=True
         )(thetas)
-        valid = record.finite.all(axis=0) & leading_all_finite(per_particle_grads)
+        valid = record.finite.all(axis=0) & all_finite(per_particle_grads, leading_dims=1)
         num_valid = jnp.maximum(valid.sum(), 1)
         safe = tree_select(valid, per_particle_grads, jax.tree.map(jnp.zeros_like, thetas))
         grad = weighted_group_sum(jnp.ones(num_particles) / num_valid, safe)
@@ -103,15 +120,4 @@ def tbptt(num_particles: int, truncation_length: int, *, stagger: bool = True) -
         )
         return grad, TBPTTState(population), info
 
-    return Estimator(
-        init=init,
-        estimate=estimate,
-        inner_steps=lambda unroller: num_particles * truncation_length,
-        particle_fields=("population",),
-        config={
-            "name": "tbptt",
-            "num_particles": num_particles,
-            "truncation_length": truncation_length,
-            "stagger": stagger,
-        },
-    )
+    return estimate
