@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.persistence import write_text
+
 PyTree = Any
 
 FORMAT = "lopt.checkpoint"
@@ -51,6 +53,8 @@ FILES_MANIFEST = "lopt_files.json"
 directory (format version 2 on)."""
 STATE_ITEM = "state"
 META_ITEM = "meta"
+STEP_MARKER = "_CHECKPOINT_METADATA"
+"""The file orbax writes into a step's directory when it finalises the step."""
 
 
 class CheckpointError(Exception):
@@ -292,7 +296,7 @@ class Checkpointer:
         )
         self._get_manager().wait_until_finished()
         directory = self._step_dir(step)
-        _write_atomic(directory / FILES_MANIFEST, json.dumps(file_digests(directory)))
+        write_text(directory / FILES_MANIFEST, json.dumps(file_digests(directory)))
         return directory
 
     def restore_leaves(self, step: int) -> tuple[list[np.ndarray], dict]:
@@ -302,8 +306,7 @@ class Checkpointer:
             CheckpointError: the step is missing, unreadable, or fails its digest.
         """
         meta = self.metadata(step)
-        infos = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
-        return self._read(step, infos, meta), meta
+        return self._read(step, leaf_infos(meta), meta), meta
 
     def _read(self, step: int, infos: list[LeafInfo], meta: dict) -> list[np.ndarray]:
         ocp = _ocp()
@@ -346,7 +349,7 @@ class Checkpointer:
         """
         meta = self.metadata(step)
         expected = describe(like)
-        stored = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
+        stored = leaf_infos(meta)
         problems = compare_structure(stored, expected)
         if problems:
             listed = "\n  ".join(problems[:10])
@@ -363,6 +366,53 @@ class Checkpointer:
             for a, info in zip(arrays, stored, strict=True)
         ]
         return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def leaf_infos(meta: dict) -> list[LeafInfo]:
+    """The :class:`LeafInfo` of every stored leaf, from a step's :meth:`Checkpointer.metadata`."""
+    return [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
+
+
+def is_step_directory(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is the directory of one complete step (named by its number)."""
+    path = Path(path)
+    return path.name.isdigit() and (path / STEP_MARKER).exists()
+
+
+def locate(path: str | os.PathLike, step: int | None = None) -> tuple[Checkpointer, int]:
+    """The checkpoints and step that ``path`` names.
+
+    Args:
+        path: a run directory (holding ``checkpoints/``), a checkpoint directory, or one
+            step's directory.
+        step: the step to take (default: the step ``path`` names, else the latest).
+
+    Returns:
+        A :class:`Checkpointer` of the directory (close it when done) and the step.
+
+    Raises:
+        CheckpointError: ``path`` is not a directory, holds no complete step, or lacks
+            ``step``.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path} is not a directory")
+    if (path / "checkpoints").is_dir():
+        directory = path / "checkpoints"
+    elif is_step_directory(path):
+        directory, step = path.parent, int(path.name) if step is None else step
+    else:
+        directory = path
+    if not any(is_step_directory(p) for p in directory.glob("[0-9]*")):
+        raise CheckpointError(f"no checkpoints in {directory}")
+    checkpoints = Checkpointer(directory, max_to_keep=None)
+    steps = checkpoints.all_steps()
+    if step is None:
+        step = steps[-1]
+    elif step not in steps:
+        checkpoints.close()
+        raise CheckpointError(f"no checkpoint for step {step} in {directory}; steps: {steps}")
+    return checkpoints, step
 
 
 def file_digests(directory: Path) -> dict[str, list]:
@@ -388,12 +438,6 @@ def _written_by_version(directory: Path) -> int:
         if isinstance(version, int):
             return version
     return 0
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def compare_structure(stored: list[LeafInfo], expected: list[LeafInfo]) -> list[str]:

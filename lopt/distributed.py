@@ -181,10 +181,9 @@ def check_population_divides(num_groups: int, mesh: Mesh | None, axis: str, what
         return
     size = mesh.shape[axis]
     if num_groups % size:
-        lower, upper = num_groups // size * size, -(-num_groups // size) * size
         raise ValueError(
-            f"{what} does not split over {size} devices: each device needs the same number "
-            f"of particle groups; use {upper} groups" + (f" or {lower}" if lower else "")
+            f"{what} does not split over {size} devices: each device runs the same number "
+            f"of particle groups, so their number must be a multiple of {size}"
         )
 
 

@@ -17,13 +17,21 @@ transformer_lm1b    as transformer_text                                  LM1B by
 ==================  ===================================================  ==================
 
 Every factory takes its sizes as keyword options, e.g.
-``get_task("mlp_digits", width=64, depth=2, batch_size=32)``.
+``get_task("mlp_digits", width=64, depth=2, batch_size=32)``. A task is a model on a data
+source, and its options are the model's sizes followed by the data's options: each is
+defined once, with its default, for every task that shares it. The factories' signatures
+are where the options and their defaults are defined: ``lopt-tasks`` lists them, and the
+``task`` schemas of the command-line tools (:mod:`lopt.cli.schema`) are built from them.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
 
 from . import data as datasets
 from .base import (
@@ -35,6 +43,7 @@ from .base import (
     make_task,
     text_sampler,
 )
+from .data import Splits
 from .models import CNN, MLP, RNNLM, TransformerLM
 
 BYTE_VOCAB = 256
@@ -43,69 +52,15 @@ PIXEL_SCALE = 1.0 / 255.0
 NUM_CLASSES = 10  # digits, FashionMNIST and CIFAR-10 alike
 
 
-def _num_classes(name: str, splits) -> int:
+TaskFactory = Callable[..., Task]
+"""``factory(**options) -> Task``; its keyword arguments are the task's options."""
+
+
+def _num_classes(name: str, splits: Splits) -> int:
     largest = max(int(split["labels"].max()) for split in splits.values())
     if largest >= NUM_CLASSES:
         raise ValueError(f"task {name}: label {largest} is out of range for {NUM_CLASSES} classes")
     return NUM_CLASSES
-
-
-def _mlp_task(name, splits, scale, *, width, depth, batch_size, config) -> Task:
-    num_classes = _num_classes(name, splits)
-    return make_task(
-        name=name,
-        model=MLP(hidden_sizes=(width,) * depth, num_classes=num_classes),
-        data=splits,
-        sampler=image_sampler(scale, flatten=True),
-        loss_fn=classification_loss,
-        metrics_fn=classification_metrics,
-        batch_size=batch_size,
-        config=config,
-    )
-
-
-def _cnn_task(name, splits, scale, *, channels, stride, batch_size, config) -> Task:
-    num_classes = _num_classes(name, splits)
-    return make_task(
-        name=name,
-        model=CNN(channels=tuple(channels), num_classes=num_classes, stride=stride),
-        data=splits,
-        sampler=image_sampler(scale, flatten=False),
-        loss_fn=classification_loss,
-        metrics_fn=classification_metrics,
-        batch_size=batch_size,
-        config=config,
-    )
-
-
-def _lm_task(name, splits, model, *, batch_size, seq_len, config) -> Task:
-    return make_task(
-        name=name,
-        model=model,
-        data=splits,
-        sampler=text_sampler(seq_len),
-        loss_fn=classification_loss,
-        metrics_fn=language_model_metrics,
-        batch_size=batch_size,
-        config=config,
-    )
-
-
-def _rnn(hidden_size: int, embed_size: int) -> RNNLM:
-    return RNNLM(vocab_size=BYTE_VOCAB, embed_size=embed_size, hidden_size=hidden_size)
-
-
-def _transformer(width, num_heads, mlp_size, depth, seq_len) -> TransformerLM:
-    if width % num_heads:
-        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
-    return TransformerLM(
-        vocab_size=BYTE_VOCAB,
-        width=width,
-        num_heads=num_heads,
-        mlp_size=mlp_size,
-        depth=depth,
-        max_len=seq_len,
-    )
 
 
 def _options(arguments: dict) -> dict:
@@ -120,161 +75,206 @@ def _options(arguments: dict) -> dict:
     }
 
 
-# -- embedded data ----------------------------------------------------------------------
-def mlp_digits(width: int = 32, depth: int = 1, batch_size: int = 128) -> Task:
-    """MLP on scikit-learn's 8x8 digits (64 inputs, ``depth`` hidden layers of ``width``)."""
-    config = _options(locals())
-    return _mlp_task(
-        "mlp_digits",
-        datasets.digits_images(),
-        DIGITS_SCALE,
-        width=width,
-        depth=depth,
-        batch_size=batch_size,
-        config=config,
-    )
+# -- data sources: their options, returning the splits (and images' pixel scale) --------
+def _digits() -> tuple[Splits, float]:
+    """scikit-learn's 8x8 digits, embedded in the package."""
+    return datasets.digits_images(), DIGITS_SCALE
 
 
-def cnn_digits(channels: Sequence[int] = (16, 32), stride: int = 1, batch_size: int = 128) -> Task:
-    """CNN on scikit-learn's digits as 8x8x1 images."""
-    config = _options(locals())
-    return _cnn_task(
-        "cnn_digits",
-        datasets.digits_images(),
-        DIGITS_SCALE,
-        channels=channels,
-        stride=stride,
-        batch_size=batch_size,
-        config=config,
-    )
+def _fashion_mnist(
+    image_size: int = 8, data_dir: str | None = None, dataset: str = "fashion_mnist"
+) -> tuple[Splits, float]:
+    """FashionMNIST from tensorflow-datasets.
+
+    Args:
+        image_size: side the images are area-resized to (the UNF paper: 8).
+        data_dir: tensorflow-datasets directory (default: ``TFDS_DATA_DIR`` or
+            ``~/tensorflow_datasets``).
+        dataset: the tensorflow-datasets name.
+    """
+    return datasets.tfds_images(dataset, data_dir, image_size), PIXEL_SCALE
 
 
-def rnn_text(
-    hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64, seq_len: int = 16
+def _cifar10(
+    image_size: int = 16, data_dir: str | None = None, dataset: str = "cifar10"
+) -> tuple[Splits, float]:
+    """CIFAR-10 from tensorflow-datasets; options as :func:`_fashion_mnist` (the UNF paper
+    average-pools the images to 16x16)."""
+    return datasets.tfds_images(dataset, data_dir, image_size), PIXEL_SCALE
+
+
+def _pydoc() -> Splits:
+    """CPython's pydoc topics as bytes, embedded in Python."""
+    return datasets.pydoc_text()
+
+
+def _lm1b(
+    data_dir: str | None = None,
+    dataset: str = "lm1b",
+    max_train_bytes: int = 1 << 24,
+    max_test_bytes: int = 1 << 20,
+) -> Splits:
+    """LM1B from tensorflow-datasets as bytes: the first ``max_train_bytes`` of its training
+    text and ``max_test_bytes`` of its test text."""
+    return datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
+
+
+# -- models: their size options, returning how to build the task on loaded data ---------
+Build = Callable[[str, Any, dict], Task]
+"""``build(name, data, config) -> Task``: a model at its sizes, on the data a source loaded
+(``config`` is recorded as ``Task.config``)."""
+
+
+def _classifier(
+    name: str,
+    images: tuple[Splits, float],
+    config: dict,
+    *,
+    model: Callable[..., nn.Module],
+    flatten: bool,
+    batch_size: int,
 ) -> Task:
-    """Byte-level identity-initialised RNN LM on CPython's pydoc topics."""
-    config = _options(locals())
-    return _lm_task(
-        "rnn_text",
-        datasets.pydoc_text(),
-        _rnn(hidden_size, embed_size),
+    splits, scale = images
+    return make_task(
+        name=name,
+        model=model(num_classes=_num_classes(name, splits)),
+        data=splits,
+        sampler=image_sampler(scale, flatten=flatten),
+        loss_fn=classification_loss,
+        metrics_fn=classification_metrics,
         batch_size=batch_size,
-        seq_len=seq_len,
         config=config,
     )
 
 
-def transformer_text(
+def _language_model(
+    name: str, splits: Splits, config: dict, *, model: nn.Module, batch_size: int, seq_len: int
+) -> Task:
+    return make_task(
+        name=name,
+        model=model,
+        data=splits,
+        sampler=text_sampler(seq_len),
+        loss_fn=classification_loss,
+        metrics_fn=language_model_metrics,
+        batch_size=batch_size,
+        config=config,
+    )
+
+
+def _mlp(width: int = 32, depth: int = 1, batch_size: int = 128) -> Build:
+    """An MLP on flattened images, ``depth`` hidden ReLU layers of ``width`` units."""
+    model = functools.partial(MLP, hidden_sizes=(width,) * depth)
+    return functools.partial(_classifier, model=model, flatten=True, batch_size=batch_size)
+
+
+def _cnn(channels: Sequence[int] = (16, 32), stride: int = 1, batch_size: int = 128) -> Build:
+    """A CNN: 3x3 convolutions of ``channels``, global average pooling, a linear layer."""
+    model = functools.partial(CNN, channels=tuple(channels), stride=stride)
+    return functools.partial(_classifier, model=model, flatten=False, batch_size=batch_size)
+
+
+def _rnn(
+    hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64, seq_len: int = 16
+) -> Build:
+    """A byte-level identity-initialised ReLU RNN language model."""
+    model = RNNLM(vocab_size=BYTE_VOCAB, embed_size=embed_size, hidden_size=hidden_size)
+    return functools.partial(_language_model, model=model, batch_size=batch_size, seq_len=seq_len)
+
+
+def _transformer(
     width: int = 32,
     num_heads: int = 4,
     mlp_size: int = 128,
     depth: int = 2,
     batch_size: int = 8,
     seq_len: int = 8,
-) -> Task:
-    """Byte-level pre-LayerNorm transformer LM on CPython's pydoc topics."""
-    config = _options(locals())
-    model = _transformer(width, num_heads, mlp_size, depth, seq_len)
-    return _lm_task(
-        "transformer_text",
-        datasets.pydoc_text(),
-        model,
-        batch_size=batch_size,
-        seq_len=seq_len,
-        config=config,
+) -> Build:
+    """A byte-level pre-LayerNorm transformer language model with learned positions."""
+    if width % num_heads:
+        raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+    model = TransformerLM(
+        vocab_size=BYTE_VOCAB,
+        width=width,
+        num_heads=num_heads,
+        mlp_size=mlp_size,
+        depth=depth,
+        max_len=seq_len,
     )
+    return functools.partial(_language_model, model=model, batch_size=batch_size, seq_len=seq_len)
 
+
+def _task(
+    name: str, model: Callable[..., Build], data: Callable[..., Any], doc: str
+) -> TaskFactory:
+    """The factory of the task ``name``: ``model`` on ``data``.
+
+    Its arguments are the model's size options, then the data's options, with their
+    defaults, so that each is defined once however many tasks share it.
+    """
+    sizes = list(inspect.signature(model, eval_str=True).parameters.values())
+    data_options = list(inspect.signature(data, eval_str=True).parameters.values())
+    signature = inspect.Signature([*sizes, *data_options], return_annotation=Task)
+
+    def factory(*args: Any, **kwargs: Any) -> Task:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"{name}() {err}") from None  # as a plain function says it
+        bound.apply_defaults()
+        options = bound.arguments
+        build = model(**{option.name: options[option.name] for option in sizes})
+        loaded = data(**{option.name: options[option.name] for option in data_options})
+        return build(name, loaded, _options(options))
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__module__ = __name__
+    factory.__doc__ = doc
+    factory.__signature__ = signature
+    return factory
+
+
+# -- embedded data ----------------------------------------------------------------------
+mlp_digits = _task(
+    "mlp_digits",
+    _mlp,
+    _digits,
+    "MLP on scikit-learn's 8x8 digits (64 inputs, ``depth`` hidden layers of ``width``).",
+)
+cnn_digits = _task("cnn_digits", _cnn, _digits, "CNN on scikit-learn's digits as 8x8x1 images.")
+rnn_text = _task(
+    "rnn_text", _rnn, _pydoc, "Byte-level identity-initialised RNN LM on CPython's pydoc topics."
+)
+transformer_text = _task(
+    "transformer_text",
+    _transformer,
+    _pydoc,
+    "Byte-level pre-LayerNorm transformer LM on CPython's pydoc topics.",
+)
 
 # -- real data (tensorflow-datasets) ----------------------------------------------------
-def mlp_fashion_mnist(
-    width: int = 32,
-    depth: int = 1,
-    batch_size: int = 128,
-    image_size: int = 8,
-    data_dir: str | None = None,
-    dataset: str = "fashion_mnist",
-) -> Task:
-    """MLP on FashionMNIST area-resized to ``image_size`` squared (the paper: 8x8)."""
-    config = _options(locals())
-    splits = datasets.tfds_images(dataset, data_dir, image_size)
-    return _mlp_task(
-        "mlp_fashion_mnist",
-        splits,
-        PIXEL_SCALE,
-        width=width,
-        depth=depth,
-        batch_size=batch_size,
-        config=config,
-    )
+mlp_fashion_mnist = _task(
+    "mlp_fashion_mnist",
+    _mlp,
+    _fashion_mnist,
+    "MLP on FashionMNIST area-resized to ``image_size`` squared (the paper: 8x8).",
+)
+cnn_cifar10 = _task(
+    "cnn_cifar10",
+    _cnn,
+    _cifar10,
+    "CNN on CIFAR-10 average-pooled to ``image_size`` squared (the paper: 16x16x3).",
+)
+rnn_lm1b = _task(
+    "rnn_lm1b",
+    _rnn,
+    _lm1b,
+    "Byte-level IRNN LM on LM1B (the first ``max_train_bytes`` of its training text).",
+)
+transformer_lm1b = _task(
+    "transformer_lm1b", _transformer, _lm1b, "Byte-level pre-LayerNorm transformer LM on LM1B."
+)
 
-
-def cnn_cifar10(
-    channels: Sequence[int] = (16, 32),
-    stride: int = 1,
-    batch_size: int = 128,
-    image_size: int = 16,
-    data_dir: str | None = None,
-    dataset: str = "cifar10",
-) -> Task:
-    """CNN on CIFAR-10 average-pooled to ``image_size`` squared (the paper: 16x16x3)."""
-    config = _options(locals())
-    splits = datasets.tfds_images(dataset, data_dir, image_size)
-    return _cnn_task(
-        "cnn_cifar10",
-        splits,
-        PIXEL_SCALE,
-        channels=channels,
-        stride=stride,
-        batch_size=batch_size,
-        config=config,
-    )
-
-
-def rnn_lm1b(
-    hidden_size: int = 64,
-    embed_size: int = 32,
-    batch_size: int = 64,
-    seq_len: int = 16,
-    data_dir: str | None = None,
-    dataset: str = "lm1b",
-    max_train_bytes: int = 1 << 24,
-    max_test_bytes: int = 1 << 20,
-) -> Task:
-    """Byte-level IRNN LM on LM1B (the first ``max_train_bytes`` of its training text)."""
-    config = _options(locals())
-    splits = datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
-    return _lm_task(
-        "rnn_lm1b",
-        splits,
-        _rnn(hidden_size, embed_size),
-        batch_size=batch_size,
-        seq_len=seq_len,
-        config=config,
-    )
-
-
-def transformer_lm1b(
-    width: int = 32,
-    num_heads: int = 4,
-    mlp_size: int = 128,
-    depth: int = 2,
-    batch_size: int = 8,
-    seq_len: int = 8,
-    data_dir: str | None = None,
-    dataset: str = "lm1b",
-    max_train_bytes: int = 1 << 24,
-    max_test_bytes: int = 1 << 20,
-) -> Task:
-    """Byte-level pre-LayerNorm transformer LM on LM1B."""
-    config = _options(locals())
-    splits = datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
-    model = _transformer(width, num_heads, mlp_size, depth, seq_len)
-    return _lm_task(
-        "transformer_lm1b", splits, model, batch_size=batch_size, seq_len=seq_len, config=config
-    )
-
-
-TaskFactory = Callable[..., Task]
 
 _REGISTRY: dict[str, TaskFactory] = {
     "mlp_digits": mlp_digits,

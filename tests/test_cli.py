@@ -264,7 +264,7 @@ def test_bad_override_on_the_command_line(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "extra", [["+mesh=4", "+devices=4"], ["+task.foo=1"], ["+validation.every_other=2"]]
+    "extra", [["+mesh=4", "+gpus=4"], ["+task.foo=1"], ["+validation.every_other=2"]]
 )
 def test_keys_added_with_plus_are_rejected_not_ignored(extra, tmp_path):
     with initialize_config_module(config_module="lopt.configs", version_base="1.3"):

@@ -125,3 +125,52 @@ def test_more_devices_than_there_are_is_refused():
         particle_mesh(64, "particles")
     with pytest.raises(ValueError, match="positive count or 'all'"):
         particle_mesh(0, "particles")
+
+
+@pytest.mark.slow  # four lopt-train processes
+def test_lopt_train_on_two_devices_resumes_bit_for_bit_and_refuses_other_topologies(tmp_path):
+    from test_cli import FAST, final_leaves
+
+    def train(*args: str, devices: int = 2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        command = [sys.executable, "-m", "lopt.cli.train", *FAST, "logger=none", *args]
+        return subprocess.run(
+            command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    common = ["devices=2", "checkpoint_every=5", "log_every=5"]
+    straight = train(*common, "steps=10", "hydra.run.dir=straight")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    first = train(*common, "steps=5", "hydra.run.dir=resumed")
+    assert first.returncode == 0, first.stderr[-3000:]
+    other = train("devices=1", "steps=10", "hydra.run.dir=resumed", "resume=true", devices=1)
+    assert other.returncode == 1
+    assert "split over 2 device(s) in 1 process(es), this run has 1 in 1" in other.stderr
+    assert final_leaves(tmp_path / "resumed")[0] == 5  # the refused resume changed nothing
+    second = train(*common, "steps=10", "hydra.run.dir=resumed", "resume=true")
+    assert second.returncode == 0, second.stderr[-3000:]
+    (step_a, leaves_a), (step_b, leaves_b) = (
+        final_leaves(tmp_path / name) for name in ("straight", "resumed")
+    )
+    assert step_a == step_b == 10
+    for a, b in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(a, b)
+    uneven = train("devices=3", "hydra.run.dir=uneven", devices=3)
+    assert uneven.returncode == 1
+    assert "population=4 (2 pairs) does not split over 3 devices" in uneven.stderr
+    assert not (tmp_path / "uneven" / "checkpoints").exists()
+
+
+def test_lopt_train_refuses_more_devices_than_there_are(tmp_path):
+    from hydra import compose, initialize_config_module
+    from test_cli import FAST
+
+    from lopt.cli.common import RunError
+    from lopt.cli.train import train
+
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*FAST, "logger=none", "devices=8"])
+    with pytest.raises(RunError, match="devices=8 but there are 1"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

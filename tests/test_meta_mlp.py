@@ -33,7 +33,8 @@ def meta_train_and_evaluate(optimizer, estimator, num_steps):
     return before, float(evaluate(state.theta))
 
 
-@pytest.mark.parametrize("optimizer", ["deepsets", "unf"])
+# UNF is also meta-trained by test_longer_meta_training_lowers_the_loss (slow, in CI).
+@pytest.mark.parametrize("optimizer", ["deepsets", pytest.param("unf", marks=pytest.mark.slow)])
 def test_pes_meta_training_lowers_the_loss(optimizer):
     before, after = meta_train_and_evaluate(optimizer, pes(4, 10, 0.01), 25)
     assert after < before - 0.03, (before, after)

@@ -161,6 +161,7 @@ SHARDED_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # tests/test_distributed.py checks 4 devices against 1 by default
 def test_sharded_population_matches_unsharded():
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"

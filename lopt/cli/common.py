@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import hydra.utils
 import jax
-import jax.numpy as jnp
 import optax
 from omegaconf import DictConfig, OmegaConf
 
@@ -23,7 +20,9 @@ from lopt.meta import (
     constant_length,
     log_uniform_length,
 )
-from lopt.meta.trainer import clip_by_global_norm
+from lopt.meta.outer import clip_by_global_norm, linear_warmup
+from lopt.persistence import write_json as write_json  # the tools import them from here
+from lopt.persistence import write_text as write_text
 
 OUTER_OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -71,10 +70,7 @@ def outer_optimizer(
         raise ValueError(f"outer_opt.warmup_steps must be >= 0, got {warmup_steps}")
 
     def optimizer(peak: float) -> optax.GradientTransformation:
-        if not warmup_steps:
-            return getattr(optax, name)(peak, **hyper)
-        rate = lambda count: peak * jnp.minimum(1.0, (count + 1) / warmup_steps)
-        return getattr(optax, name)(rate, **hyper)
+        return getattr(optax, name)(linear_warmup(peak, warmup_steps), **hyper)
 
     if scalar_learning_rate is None:
         return optax.chain(clip_by_global_norm(max_grad_norm), optimizer(learning_rate))
@@ -200,26 +196,6 @@ def build_parts(config: Mapping[str, Any]) -> RunParts:
     except (TypeError, ValueError) as err:
         raise RunError(f"invalid objective {config['objective']}: {err}") from err
     return RunParts(task, opt, estimator, outer, schedule, objective)
-
-
-def write_json(path: str | os.PathLike, document: Any) -> Path:
-    """Writes ``document`` as indented JSON, atomically (a temporary file, then a rename)."""
-    return write_text(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
-
-
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` to ``path`` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -18,10 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from lopt.checkpoint import Checkpointer, CheckpointError, LeafInfo, nested_dict
+from lopt import checkpoint
+from lopt.checkpoint import Checkpointer, CheckpointError, leaf_infos, nested_dict
 from lopt.cli.common import RunError, build_task
 from lopt.learned import load_learned_optimizer, optimizer_from_config, save_optimizer
-from lopt.learned.serialization import SavedOptimizerError
+from lopt.learned.serialization import CONFIG_FILE, SavedOptimizerError
 
 
 def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int]:
@@ -32,27 +33,12 @@ def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int
         step: the step to take (default: the step ``path`` names, else the latest).
 
     Raises:
-        RunError: no checkpoint there.
+        RunError: no checkpoint there (see :func:`lopt.checkpoint.locate`).
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise RunError(f"{path} is not a directory")
-    if (path / "checkpoints").is_dir():
-        directory = path / "checkpoints"
-    elif path.name.isdigit() and (path / "_CHECKPOINT_METADATA").exists():
-        directory, step = path.parent, int(path.name) if step is None else step
-    else:
-        directory = path
-    if not any((p / "_CHECKPOINT_METADATA").exists() for p in directory.glob("[0-9]*")):
-        raise RunError(f"no checkpoints in {directory}")
-    checkpoints = Checkpointer(directory, max_to_keep=None)
-    steps = checkpoints.all_steps()
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        checkpoints.close()
-        raise RunError(f"no checkpoint for step {step} in {directory}; steps: {steps}")
-    return checkpoints, step
+    try:
+        return checkpoint.locate(path, step)
+    except CheckpointError as err:
+        raise RunError(str(err)) from err
 
 
 THETAS = ("best", "last")
@@ -84,7 +70,7 @@ def export(
             f"{target} exists and is not a directory: the output is a saved-optimizer "
             "directory (config.json and theta.msgpack); choose another -o"
         )
-    if target.is_dir() and any(target.iterdir()) and not (target / "config.json").is_file():
+    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).is_file():
         raise RunError(
             f"{target} is a non-empty directory that holds no saved optimizer; refusing to "
             "write into it (choose another -o)"
@@ -97,10 +83,9 @@ def export(
         raise CheckpointError(
             f"checkpoint step {step} in {checkpoints.directory} has no run config"
         )
-    infos = [LeafInfo(str(p), tuple(s), str(d), k) for p, s, d, k in meta["leaves"]]
     validated = saved["run"].get("validation", {}).get("every", 0) > 0
     prefix = ".best_theta" if which == "best" and validated else ".meta.theta"
-    theta = nested_dict(leaves, infos, prefix)
+    theta = nested_dict(leaves, leaf_infos(meta), prefix)
     # The learned rules need the permutation spec of the task they were trained on.
     task = build_task(saved["run"]["task"])
     opt = optimizer_from_config(saved["optimizer"], task.spec)

@@ -3,7 +3,9 @@
 Every option of a config group (``configs/<group>/<option>.yaml``) starts from one of these
 dataclasses (its defaults list names ``/schema/<group>/<kind>@_here_``), so Hydra checks
 every override against the schema while composing: a misspelt key or a value of the wrong
-type is an error before any work starts.
+type is an error before any work starts. The task schemas are built from the task
+factories' signatures (:func:`task_schema`), the one place a task's options and defaults
+are defined, so a ``task`` option file only names its schema.
 
 Groups and their schemas:
 
@@ -28,6 +30,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import inspect
+import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,95 +43,49 @@ from lopt.evaluation.seeds import VALIDATION_SEED_OFFSET
 from lopt.evaluation.validation import DEFAULT_ADAM_GRID
 from lopt.learned.baselines import ADAM_DEFAULTS, SGDM_DEFAULTS
 from lopt.learned.nf_optimizer import DEFAULTS as NF_DEFAULTS
+from lopt.tasks import task_factory
 
 # -- task -------------------------------------------------------------------------------
 
 
-@dataclass
-class MLPTask:
-    """MLP on 8x8 digits (:func:`lopt.tasks.mlp_digits`)."""
-
-    _target_: str = "lopt.tasks.mlp_digits"
-    width: int = 32
-    depth: int = 1
-    batch_size: int = 128
-
-
-@dataclass
-class MLPFashionTask(MLPTask):
-    """MLP on FashionMNIST via tensorflow-datasets (:func:`lopt.tasks.mlp_fashion_mnist`)."""
-
-    _target_: str = "lopt.tasks.mlp_fashion_mnist"
-    image_size: int = 8
-    data_dir: str | None = None
-    dataset: str = "fashion_mnist"
+def _field(option: inspect.Parameter) -> tuple[str, Any, dataclasses.Field]:
+    """A dataclass field of a task option: its type (a sequence as a list, the kind a
+    structured config holds) and default (``MISSING`` when the factory has none)."""
+    kind = Any if option.annotation is inspect.Parameter.empty else option.annotation
+    default = MISSING if option.default is inspect.Parameter.empty else option.default
+    if typing.get_origin(kind) in (Sequence, list, tuple) or isinstance(default, tuple | list):
+        kind = list[typing.get_args(kind)[0]] if typing.get_args(kind) else list
+        return option.name, kind, field(default_factory=lambda: list(default))
+    return option.name, kind, field(default=default)
 
 
-@dataclass
-class CNNTask:
-    """CNN on 8x8x1 digits (:func:`lopt.tasks.cnn_digits`)."""
+def task_schema(class_name: str, task: str) -> type:
+    """The structured config of the task ``task``: ``_target_`` (``lopt.tasks.<task>``) and
+    its factory's keyword options, with their types and defaults.
 
-    _target_: str = "lopt.tasks.cnn_digits"
-    channels: list[int] = field(default_factory=lambda: [16, 32])
-    stride: int = 1
-    batch_size: int = 128
-
-
-@dataclass
-class CNNCifarTask(CNNTask):
-    """CNN on CIFAR-10 via tensorflow-datasets (:func:`lopt.tasks.cnn_cifar10`)."""
-
-    _target_: str = "lopt.tasks.cnn_cifar10"
-    image_size: int = 16
-    data_dir: str | None = None
-    dataset: str = "cifar10"
-
-
-@dataclass
-class RNNTask:
-    """Byte-level IRNN language model on pydoc text (:func:`lopt.tasks.rnn_text`)."""
-
-    _target_: str = "lopt.tasks.rnn_text"
-    hidden_size: int = 64
-    embed_size: int = 32
-    batch_size: int = 64
-    seq_len: int = 16
+    The factory's signature (:func:`lopt.tasks.task_factory`) is the one place a task's
+    options and defaults are defined; the config files of the ``task`` group only name the
+    schema.
+    """
+    factory = task_factory(task)
+    options = inspect.signature(factory, eval_str=True).parameters.values()
+    fields = [("_target_", str, field(default=f"lopt.tasks.{task}"))]
+    fields += [_field(option) for option in options]
+    schema = dataclasses.make_dataclass(class_name, fields)
+    schema.__module__ = __name__
+    summary = (inspect.getdoc(factory) or "").split("\n")[0].rstrip(".")
+    schema.__doc__ = f"{summary} (:func:`lopt.tasks.{task}`)."
+    return schema
 
 
-@dataclass
-class RNNLM1BTask(RNNTask):
-    """Byte-level IRNN on LM1B via tensorflow-datasets (:func:`lopt.tasks.rnn_lm1b`)."""
-
-    _target_: str = "lopt.tasks.rnn_lm1b"
-    data_dir: str | None = None
-    dataset: str = "lm1b"
-    max_train_bytes: int = 1 << 24
-    max_test_bytes: int = 1 << 20
-
-
-@dataclass
-class TransformerTask:
-    """Byte-level transformer LM on pydoc text (:func:`lopt.tasks.transformer_text`)."""
-
-    _target_: str = "lopt.tasks.transformer_text"
-    width: int = 32
-    num_heads: int = 4
-    mlp_size: int = 128
-    depth: int = 2
-    batch_size: int = 8
-    seq_len: int = 8
-
-
-@dataclass
-class TransformerLM1BTask(TransformerTask):
-    """Byte-level transformer on LM1B via tensorflow-datasets
-    (:func:`lopt.tasks.transformer_lm1b`)."""
-
-    _target_: str = "lopt.tasks.transformer_lm1b"
-    data_dir: str | None = None
-    dataset: str = "lm1b"
-    max_train_bytes: int = 1 << 24
-    max_test_bytes: int = 1 << 20
+MLPTask = task_schema("MLPTask", "mlp_digits")
+MLPFashionTask = task_schema("MLPFashionTask", "mlp_fashion_mnist")
+CNNTask = task_schema("CNNTask", "cnn_digits")
+CNNCifarTask = task_schema("CNNCifarTask", "cnn_cifar10")
+RNNTask = task_schema("RNNTask", "rnn_text")
+RNNLM1BTask = task_schema("RNNLM1BTask", "rnn_lm1b")
+TransformerTask = task_schema("TransformerTask", "transformer_text")
+TransformerLM1BTask = task_schema("TransformerLM1BTask", "transformer_lm1b")
 
 
 # -- learned optimizer --------------------------------------------------------------------
@@ -402,6 +361,8 @@ class TrainConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     compilation_cache: CompilationCacheConfig = field(default_factory=CompilationCacheConfig)
     start_at_tuned: bool = False
+    devices: Any = 1  # a count, or "all"
+    mesh_axis: str = "particles"
     population: int = 16
     truncation_length: int = 50
     sigma: float = 0.01
@@ -417,6 +378,8 @@ class TrainConfig:
 
 RUN_CONTROL_KEYS = (
     "name",
+    "devices",  # checked on resume by the mesh it gives (lopt.cli.train.check_same_topology)
+    "mesh_axis",
     "steps",
     "log_every",
     "checkpoint_every",

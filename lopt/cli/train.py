@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
+from jax.sharding import Mesh
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -58,11 +59,19 @@ from lopt.cli.run_validation import (
     validation_settings,
     validation_summary,
 )
+from lopt.distributed import check_population_divides, particle_mesh
 from lopt.evaluation.evaluate import environment
 from lopt.evaluation.validation import Reference
 from lopt.learned import save_optimizer
 from lopt.loggers import Logger, MetricsFiles
-from lopt.meta import MetaState, MetaTrainer, make_meta_trainer
+from lopt.meta import (
+    LoopHooks,
+    MetaState,
+    MetaTrainer,
+    interval_means,
+    make_meta_trainer,
+    outer_loop,
+)
 
 log = logging.getLogger("lopt.train")
 
@@ -71,7 +80,6 @@ OPTIMIZER_DIR = "optimizer"
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 PLOT_FILE = "loss.png"
-_COUNTS = ("num_episodes_ended", "num_nonfinite", "skipped")
 
 
 def check_compatible(saved: dict, current: dict) -> None:
@@ -100,7 +108,7 @@ def _check_counts(config: dict) -> None:
 
 
 def initial_state(
-    trainer: MetaTrainer, checkpoints: Checkpointer, config: dict
+    trainer: MetaTrainer, checkpoints: Checkpointer, config: dict, mesh: Mesh | None = None
 ) -> tuple[MetaState, bool]:
     """A fresh state, or the latest checkpoint's when ``config["resume"]``.
 
@@ -109,7 +117,7 @@ def initial_state(
 
     Raises:
         RunError: resume without a checkpoint, a fresh start over existing checkpoints, or
-            a checkpoint written with another configuration.
+            a checkpoint written with another configuration or on another ``mesh``.
         CheckpointError: a corrupt checkpoint or one that does not fit the run.
     """
     key = jax.random.PRNGKey(config["seed"])
@@ -129,31 +137,69 @@ def initial_state(
         )
     saved = checkpoints.metadata(latest).get("config") or {}
     check_compatible(saved.get("run", {}), config)
+    check_same_topology(saved.get("topology", SINGLE_DEVICE), topology(mesh))
     like = jax.eval_shape(lambda k: fresh_run_state(trainer.init(k)), key)
     return checkpoints.restore(latest, like=like), True
 
 
-def _checkpoint_config(config: dict, parts: Any) -> dict:
-    return {"run": config, "optimizer": dict(parts.opt.config), "task": parts.task.name}
+def _checkpoint_config(config: dict, parts: Any, mesh: Mesh | None) -> dict:
+    return {
+        "run": config,
+        "optimizer": dict(parts.opt.config),
+        "task": parts.task.name,
+        "topology": topology(mesh),
+    }
 
 
-def _accumulate(totals: dict | None, metrics: dict) -> dict:
-    """Sums of the step metrics over a log interval (float32)."""
-    as_float = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
-    return as_float if totals is None else {k: totals[k] + as_float[k] for k in totals}
+SINGLE_DEVICE = {"devices": 1, "processes": 1}
+"""The topology of checkpoints that record none (written before runs could use a mesh)."""
 
 
-_accumulate_jit = jax.jit(_accumulate)
+def topology(mesh: Mesh | None) -> dict[str, int]:
+    """The devices and processes a population split over ``mesh`` uses (None: one device)."""
+    if mesh is None:
+        return dict(SINGLE_DEVICE)
+    processes = {device.process_index for device in mesh.devices.flat}
+    return {"devices": int(mesh.devices.size), "processes": len(processes)}
 
 
-def _interval_record(step: int, totals: dict, count: int, rate: float) -> dict[str, float]:
-    values = jax.device_get(totals)
-    record: dict[str, float] = {"step": step}
-    for name, value in values.items():
-        value = float(value)
-        record[name] = int(value) if name in _COUNTS else value / count
-    record["inner_steps_per_sec"] = rate
-    return record
+def check_same_topology(saved: dict, current: dict) -> None:
+    """Refuses to resume on another number of devices or processes.
+
+    The particles' reductions run in another order over another mesh, so such a resume
+    could not continue the run bit for bit.
+    """
+    if saved != current:
+        raise RunError(
+            f"cannot resume: the checkpoint was written with its population split over "
+            f"{saved['devices']} device(s) in {saved['processes']} process(es), this run has "
+            f"{current['devices']} in {current['processes']}; a run continues bit for bit "
+            "only on the same topology: set devices= (and the processes) as when it started"
+        )
+
+
+def particle_mesh_for(config: dict, parts: Any) -> Any:
+    """The mesh of ``config["devices"]`` the estimator's particle groups are split over
+    (None: one device), refusing before any work a population that does not split."""
+    try:
+        mesh = particle_mesh(config["devices"], config["mesh_axis"])
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    if mesh is None:
+        return None
+    groups = parts.estimator.config.get("num_pairs") or parts.estimator.config.get("num_particles")
+    if not parts.estimator.particle_fields or not groups:
+        raise RunError(
+            f"estimator {parts.estimator.config.get('name')} keeps no per-particle state to "
+            f"split over {mesh.devices.size} devices; use devices=1 with it"
+        )
+    pairs = "num_pairs" in parts.estimator.config
+    what = f"population={config['population']}" + (f" ({groups} pairs)" if pairs else "")
+    try:
+        check_population_divides(groups, mesh, config["mesh_axis"], what)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    return mesh
 
 
 def plot_losses(
@@ -272,6 +318,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if config["start_at_tuned"] and settings is None:
         raise RunError("start_at_tuned needs validation (validation.every > 0)")
     parts = build_parts(config)
+    mesh = particle_mesh_for(config, parts)
     trainer = make_meta_trainer(
         parts.task,
         parts.opt,
@@ -279,11 +326,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         parts.outer_opt,
         schedule=parts.schedule,
         objective=parts.objective,
+        mesh=mesh,
+        particle_axis=None if mesh is None else config["mesh_axis"],
     )
     checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=config["keep_checkpoints"])
     validation = None
     try:
-        state, resumed = initial_state(trainer, checkpoints, config)
+        state, resumed = initial_state(trainer, checkpoints, config, mesh)
         start = int(state.meta.step)
         # Nothing is written before this point: a run that cannot start changes nothing.
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -314,12 +363,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     state = fresh_run_state(trainer.init(key, theta0))
                 theta0_score = np.float32(validation.reference.theta0.score)
                 state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
-        with StopRequest() as stop:
-            state = _loop(
-                trainer, state, config, checkpoints, files, logger, parts, validation, stop
+        with StopRequest() as stop, _progress_bar(config, state) as bar:
+            hooks = _run_hooks(
+                config, checkpoints, files, logger, parts, mesh, validation, stop, bar
             )
+            state = _loop(trainer, state, config, hooks)
         if checkpoints.latest_step() != int(state.meta.step):
-            checkpoints.save(int(state.meta.step), state, _checkpoint_config(config, parts))
+            checkpoints.save(int(state.meta.step), state, _checkpoint_config(config, parts, mesh))
     finally:
         checkpoints.close()
     files.close()
@@ -414,77 +464,90 @@ class StopRequest:
         )
 
 
-def _loop(
-    trainer: MetaTrainer,
-    state: RunState,
-    config: dict,
-    checkpoints: Checkpointer,
-    files: MetricsFiles,
-    logger: Logger,
-    parts: Any,
-    validation: Validation | None,
-    stop: StopRequest,
-) -> RunState:
-    start, steps = int(state.meta.step), config["steps"]
-    every, log_every = config["checkpoint_every"], config["log_every"]
-    bar = tqdm(
-        total=steps,
-        initial=start,
+def _progress_bar(config: dict, state: RunState) -> tqdm:
+    """The run's progress bar over outer steps, starting at ``state``'s."""
+    return tqdm(
+        total=config["steps"],
+        initial=int(state.meta.step),
         disable=not config["progress"],
         unit="step",
         desc=config["name"],
         dynamic_ncols=True,
         file=sys.stderr,
     )
-    totals, count = None, 0
-    reference = None  # (time, step) after the first (compiling) step of this process
-    postfix: dict[str, str] = {}
-    try:
-        for done in range(start + 1, steps + 1):
-            if stop.signal is not None:
-                break
-            meta, metrics = trainer.step(state.meta)
-            state = state._replace(meta=meta)
-            totals = _accumulate_jit(totals, metrics)
-            count += 1
-            bar.update(1)
-            if reference is None:
-                jax.block_until_ready(state)
-                reference = (time.perf_counter(), done)
-            validated: dict[str, float] = {}
-            if validation is not None and (done % validation.every == 0 or done == steps):
-                jax.block_until_ready(state.meta)  # the steps so far count as training time
-                began = time.perf_counter()
-                scores = validation.validate(state.meta.theta)
-                state = keep_best(state, scores, done)
-                validated = validation_record(scores, validation.reference)
-                # Validation time is not meta-training time: keep it out of the throughput.
-                reference = (reference[0] + time.perf_counter() - began, reference[1])
-                postfix.update(
-                    val_vs_adam=f"{validated['val_vs_adam']:.3g}",
-                    val_vs_theta0=f"{validated['val_vs_theta0']:.3g}",
-                )
-            if done % log_every == 0 or done == steps or validated or stop.signal is not None:
-                jax.block_until_ready(totals)
-                now = time.perf_counter()
-                rate = (done - reference[1]) * trainer.inner_steps_per_step / (now - reference[0])
-                rate = rate if done > reference[1] else math.nan
-                record = _interval_record(done, totals, count, rate)
-                if validation is not None:
-                    record.update({key: validated.get(key, math.nan) for key in VALIDATION_KEYS})
-                reference, totals, count = (now, done), None, 0
-                files.write(record)
-                logger.log_metrics(done, record)
-                postfix.update(
-                    meta_loss=f"{record['meta_loss']:.4f}",
-                    inner_steps_s=f"{rate:.0f}" if math.isfinite(rate) else "-",
-                )
-                bar.set_postfix(postfix)
-            if every and done % every == 0:
-                checkpoints.save(done, state, _checkpoint_config(config, parts))
-    finally:
-        bar.close()
+
+
+def _loop(trainer: MetaTrainer, state: RunState, config: dict, hooks: LoopHooks) -> RunState:
+    """Meta-trains from ``state`` to ``config["steps"]`` in the library's
+    :func:`~lopt.meta.outer_loop`, a record holding its interval's means."""
+    steps = config["steps"]
+
+    def step(run: RunState) -> tuple[RunState, dict]:
+        meta, metrics = trainer.step(run.meta)
+        return run._replace(meta=meta), metrics
+
+    state, _ = outer_loop(
+        step,
+        state,
+        int(state.meta.step),
+        steps,
+        inner_steps_per_step=trainer.inner_steps_per_step,
+        log_due=lambda done: done % config["log_every"] == 0 or done == steps,
+        reducer=interval_means(),
+        hooks=hooks,
+    )
     return state
+
+
+def _run_hooks(
+    config: dict,
+    checkpoints: Checkpointer,
+    files: MetricsFiles,
+    logger: Logger,
+    parts: Any,
+    mesh: Mesh | None,
+    validation: Validation | None,
+    stop: StopRequest,
+    bar: tqdm,
+) -> LoopHooks:
+    """The outer loop's hooks of a ``lopt-train`` run: ``stop`` ends it after the current
+    step, ``bar`` shows progress, ``validation`` keeps the best theta, every record goes to
+    ``files`` and ``logger``, and every ``checkpoint_every`` steps to ``checkpoints``."""
+    every = config["checkpoint_every"]
+    postfix: dict[str, str] = {}
+
+    def validate(done: int, run: RunState) -> tuple[RunState, dict[str, float]]:
+        scores = validation.validate(run.meta.theta)
+        fields = validation_record(scores, validation.reference)
+        postfix.update(
+            val_vs_adam=f"{fields['val_vs_adam']:.3g}",
+            val_vs_theta0=f"{fields['val_vs_theta0']:.3g}",
+        )
+        return keep_best(run, scores, done), fields
+
+    def on_log(done: int, record: dict[str, float]) -> None:
+        files.write(record)
+        logger.log_metrics(done, record)
+        rate = record["inner_steps_per_sec"]
+        postfix.update(
+            meta_loss=f"{record['meta_loss']:.4f}",
+            inner_steps_s=f"{rate:.0f}" if math.isfinite(rate) else "-",
+        )
+        bar.set_postfix(postfix)
+
+    def after_step(done: int, run: RunState) -> None:
+        if every and done % every == 0:
+            checkpoints.save(done, run, _checkpoint_config(config, parts, mesh))
+
+    return LoopHooks(
+        stop_requested=lambda: stop.signal is not None,
+        on_step=lambda done: bar.update(1),
+        validate=None if validation is None else validate,
+        validate_every=0 if validation is None else validation.every,
+        validation_keys=VALIDATION_KEYS,
+        on_log=on_log,
+        after_step=after_step,
+    )
 
 
 def _interrupt(number: int, frame: Any) -> None:

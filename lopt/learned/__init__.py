@@ -11,7 +11,7 @@
 from lopt.learned import features
 from lopt.learned.base import LearnedOptimizer
 from lopt.learned.baselines import AdamState, SGDMState, make_adam, make_adam_cosine, make_sgdm
-from lopt.learned.export import as_optax, check_theta
+from lopt.learned.export import as_optax
 from lopt.learned.features import (
     FEATURE_DECAYS,
     NUM_FEATURES,
@@ -37,6 +37,7 @@ from lopt.learned.serialization import (
     read_theta,
     save_optimizer,
 )
+from lopt.persistence import check_theta
 
 __all__ = [
     "BACKBONES",

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt.nf import spec as nfspec
+from lopt.persistence import tree_mismatch
 
 PyTree = Any
 
@@ -79,21 +80,9 @@ def require_params(params: PyTree | None, name: str) -> PyTree:
 
 def check_like(reference: PyTree, other: PyTree, what: str, against: str) -> None:
     """Raises a ValueError naming the mismatch when two trees differ in structure or shapes."""
-    ref_paths = nfspec.tree_leaves_with_paths(reference)
-    other_paths = nfspec.tree_leaves_with_paths(other)
-    if [p for p, _ in ref_paths] != [p for p, _ in other_paths]:
-        missing = sorted({p for p, _ in ref_paths} - {p for p, _ in other_paths})
-        extra = sorted({p for p, _ in other_paths} - {p for p, _ in ref_paths})
-        raise ValueError(
-            f"{what} do not match the {against}: missing {missing or 'none'}, "
-            f"unexpected {extra or 'none'}"
-        )
-    for (path, a), (_, b) in zip(ref_paths, other_paths, strict=True):
-        if jnp.shape(a) != jnp.shape(b):
-            raise ValueError(
-                f"{what} do not match the {against}: {path} has shape {jnp.shape(b)}, "
-                f"expected {jnp.shape(a)}"
-            )
+    mismatch = tree_mismatch(reference, other, ordered=True)
+    if mismatch is not None:
+        raise ValueError(f"{what} do not match the {against}: {mismatch}")
 
 
 def validate_params(spec: nfspec.Spec | None, params: PyTree) -> None:

@@ -10,6 +10,7 @@ than a constant rate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -48,9 +49,67 @@ class AdamState(NamedTuple):
     nu: PyTree
 
 
+def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
+    # theta's hyperparameters are float32 arrays, which would promote moments of a lower
+    # precision; the state keeps the dtypes init gave it, as lax.scan's carry must.
+    return jax.tree_util.tree_map(lambda x, y: x.astype(y.dtype), tree, like)
+
+
 def _check_spec(spec: nfspec.Spec | None) -> None:
     if spec is not None:
         nfspec.validate(spec)
+
+
+def _hand_designed(
+    spec: nfspec.Spec | None,
+    config: dict,
+    initial: PyTree,
+    init: Callable[[PyTree], Any],
+    step: Callable[[PyTree, PyTree, Any], tuple[PyTree, Any]],
+) -> LearnedOptimizer:
+    """A rule whose meta-parameters are its hyperparameters, behind the learned interface.
+
+    Args:
+        spec: optional permutation spec (already validated); when given, ``init`` checks
+            params against it.
+        config: the optimizer's ``config``.
+        initial: the initial meta-parameters (the same for every key and model).
+        init: ``init(params) -> state``.
+        step: ``step(theta, grads, state) -> (updates, state)``, the update at given
+            meta-parameters (of gradients already checked against the params).
+    """
+
+    def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
+        del key, params
+        return dict(initial)
+
+    def init_fn(params: PyTree) -> Any:
+        validate_params(spec, params)
+        return init(params)
+
+    def update(theta, grads, state, params=None, loss=None):
+        del loss
+        if params is not None:
+            check_like(params, grads, "gradients", "params")
+        return step(theta, grads, state)
+
+    return LearnedOptimizer(init_meta=init_meta, init=init_fn, update=update, config=config)
+
+
+def _sgd(learning_rate: jax.Array, momentum: jax.Array) -> optax.GradientTransformation:
+    """``optax.sgd(learning_rate, momentum)``, built so that its state is
+    ``(optax.TraceState, optax.EmptyState)`` whatever optax's version."""
+    return optax.chain(optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))
+
+
+def _adam(
+    learning_rate: jax.Array, b1: jax.Array, b2: jax.Array, eps: float
+) -> optax.GradientTransformation:
+    """``optax.adam(learning_rate, b1, b2, eps)``, built so that its state is
+    ``(optax.ScaleByAdamState, optax.EmptyState)`` whatever optax's version."""
+    return optax.chain(
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps), optax.scale_by_learning_rate(learning_rate)
+    )
 
 
 def make_sgdm(
@@ -59,7 +118,7 @@ def make_sgdm(
     learning_rate: float = SGDM_DEFAULTS["learning_rate"],
     momentum: float = SGDM_DEFAULTS["momentum"],
 ) -> LearnedOptimizer:
-    """Momentum SGD, ``m ← μ m + g``, ``W ← W − η m`` (optax's convention).
+    """Momentum SGD, ``m ← μ m + g``, ``W ← W − η m``: ``optax.sgd`` at theta's η and μ.
 
     Args:
         spec: optional permutation spec; when given, ``init`` checks params against it.
@@ -72,28 +131,18 @@ def make_sgdm(
         "logit_momentum": logit_unit(momentum, "momentum"),
     }
 
-    def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
-        del key, params
-        return dict(initial)
-
     def init(params: PyTree) -> SGDMState:
-        validate_params(spec, params)
         return SGDMState(zero_count(), jax.tree_util.tree_map(jnp.zeros_like, params))
 
-    def update(theta, grads, state, params=None, loss=None):
-        del loss
-        if params is not None:
-            check_like(params, grads, "gradients", "params")
-        lr = jnp.exp(theta["log_learning_rate"])
-        mu = jax.nn.sigmoid(theta["logit_momentum"])
-        new_momentum = jax.tree_util.tree_map(
-            lambda m, g: (g + mu.astype(m.dtype) * m).astype(m.dtype), state.momentum, grads
-        )
-        updates = jax.tree_util.tree_map(lambda m: (-lr * m).astype(m.dtype), new_momentum)
-        return updates, SGDMState(state.count + 1, new_momentum)
+    def step(theta: PyTree, grads: PyTree, state: SGDMState) -> tuple[PyTree, SGDMState]:
+        sgd = _sgd(jnp.exp(theta["log_learning_rate"]), jax.nn.sigmoid(theta["logit_momentum"]))
+        inner = (optax.TraceState(trace=state.momentum), optax.EmptyState())
+        updates, (trace, _) = sgd.update(grads, inner)
+        momentum = _cast_like(trace.trace, state.momentum)
+        return _cast_like(updates, momentum), SGDMState(state.count + 1, momentum)
 
     config = {"name": "sgdm", "learning_rate": float(learning_rate), "momentum": float(momentum)}
-    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)
+    return _hand_designed(spec, config, initial, init, step)
 
 
 def make_adam(
@@ -104,7 +153,7 @@ def make_adam(
     b2: float = ADAM_DEFAULTS["b2"],
     eps: float = ADAM_DEFAULTS["eps"],
 ) -> LearnedOptimizer:
-    """Adam with bias correction, as ``optax.adam``.
+    """Adam with bias correction: ``optax.adam`` at theta's learning rate, ``b1`` and ``b2``.
 
     Args:
         spec: optional permutation spec; when given, ``init`` checks params against it.
@@ -122,41 +171,22 @@ def make_adam(
         "logit_b2": logit_unit(b2, "b2"),
     }
 
-    def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
-        del key, params
-        return dict(initial)
-
     def init(params: PyTree) -> AdamState:
-        validate_params(spec, params)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         return AdamState(zero_count(), zeros, zeros)
 
-    def update(theta, grads, state, params=None, loss=None):
-        del loss
-        if params is not None:
-            check_like(params, grads, "gradients", "params")
-        lr = jnp.exp(theta["log_learning_rate"])
-        decay1 = jax.nn.sigmoid(theta["logit_b1"])
-        decay2 = jax.nn.sigmoid(theta["logit_b2"])
-        mu = jax.tree_util.tree_map(
-            lambda m, g: ((1 - decay1) * g + decay1 * m).astype(m.dtype), state.mu, grads
+    def step(theta: PyTree, grads: PyTree, state: AdamState) -> tuple[PyTree, AdamState]:
+        adam = _adam(
+            jnp.exp(theta["log_learning_rate"]),
+            jax.nn.sigmoid(theta["logit_b1"]),
+            jax.nn.sigmoid(theta["logit_b2"]),
+            eps,
         )
-        nu = jax.tree_util.tree_map(
-            lambda v, g: ((1 - decay2) * jnp.square(g) + decay2 * v).astype(v.dtype),
-            state.nu,
-            grads,
+        updates, (moments, _) = adam.update(
+            grads, (optax.ScaleByAdamState(*state), optax.EmptyState())
         )
-        count = state.count + 1
-        t = count.astype(jnp.float32)
-        correction1 = 1 - decay1**t
-        correction2 = 1 - decay2**t
-
-        def step(m: jax.Array, v: jax.Array) -> jax.Array:
-            direction = (m / correction1) / (jnp.sqrt(v / correction2) + eps)
-            return (-lr * direction).astype(m.dtype)
-
-        updates = jax.tree_util.tree_map(step, mu, nu)
-        return updates, AdamState(count, mu, nu)
+        mu, nu = _cast_like(moments.mu, state.mu), _cast_like(moments.nu, state.nu)
+        return _cast_like(updates, mu), AdamState(moments.count, mu, nu)
 
     config = {
         "name": "adam",
@@ -165,7 +195,7 @@ def make_adam(
         "b2": float(b2),
         "eps": float(eps),
     }
-    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config)
+    return _hand_designed(spec, config, initial, init, step)
 
 
 def make_adam_cosine(

@@ -20,40 +20,9 @@ import jax.numpy as jnp
 import optax
 
 from lopt.learned.base import LearnedOptimizer
+from lopt.persistence import check_theta
 
 PyTree = Any
-
-
-def check_theta(opt: LearnedOptimizer, theta: PyTree, params: PyTree) -> None:
-    """Checks that ``theta`` has the structure and shapes ``opt`` needs for ``params``.
-
-    Raises:
-        ValueError: naming the first meta-parameter that is missing, unexpected or of the
-            wrong shape.
-    """
-    expected = jax.eval_shape(lambda key: opt.init_meta(key, params), jax.random.key(0))
-    name = opt.config.get("name", "?")
-    flat_expected = {jax.tree_util.keystr(p): x for p, x in _flatten(expected)}
-    flat_theta = {jax.tree_util.keystr(p): x for p, x in _flatten(theta)}
-    missing = sorted(set(flat_expected) - set(flat_theta))
-    extra = sorted(set(flat_theta) - set(flat_expected))
-    if missing or extra:
-        raise ValueError(
-            f"theta does not fit the {name!r} optimizer for these params: missing "
-            f"{missing or 'none'}, unexpected {extra or 'none'}"
-        )
-    for path, want in flat_expected.items():
-        got = tuple(jnp.shape(flat_theta[path]))
-        if got != tuple(want.shape):
-            raise ValueError(
-                f"theta does not fit the {name!r} optimizer for these params: {path} has "
-                f"shape {got}, expected {tuple(want.shape)} (was theta made for a model whose "
-                "fixed, unpermuted axes have other lengths?)"
-            )
-
-
-def _flatten(tree: PyTree) -> list:
-    return jax.tree_util.tree_flatten_with_path(tree)[0]
 
 
 def as_optax(opt: LearnedOptimizer, theta: PyTree) -> optax.GradientTransformationExtraArgs:

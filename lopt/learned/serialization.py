@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from lopt.learned.optimizers import OPTIMIZERS, optimizer_from_config
 from lopt.learned.transfer import for_model
 from lopt.nf import spec as nfspec
 from lopt.nf.matching import describe_weight_space
+from lopt.persistence import theta_mismatch, write_atomic
 
 PyTree = Any
 
@@ -54,17 +54,6 @@ THETA_FILE = "theta.msgpack"
 
 class SavedOptimizerError(ValueError):
     """A saved optimizer directory is malformed, corrupt or from a newer format."""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_optimizer(path: str | os.PathLike, opt: LearnedOptimizer, theta: PyTree) -> Path:
@@ -98,8 +87,9 @@ def save_optimizer(path: str | os.PathLike, opt: LearnedOptimizer, theta: PyTree
     state = jax.tree_util.tree_map(np.asarray, flax.serialization.to_state_dict(theta))
     theta_bytes = flax.serialization.msgpack_serialize(state)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / THETA_FILE, theta_bytes)
-    _write_atomic(directory / CONFIG_FILE, config_bytes)
+    # Owner-only permissions, as saved optimizers have always been written.
+    write_atomic(directory / THETA_FILE, theta_bytes, mode=None)
+    write_atomic(directory / CONFIG_FILE, config_bytes, mode=None)
     return directory
 
 
@@ -188,35 +178,25 @@ def read_theta(path: str | os.PathLike) -> PyTree:
     return jax.tree_util.tree_map(np.asarray, theta)
 
 
-def _ranks(tree: PyTree) -> dict[str, int]:
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): np.ndim(leaf) for path, leaf in flat}
+def _unit_params(spec: nfspec.Spec | None) -> PyTree | None:
+    """Params of ``spec``'s structure whose every axis has length one."""
+    if spec is None:
+        return None
+    return jax.tree_util.tree_map(
+        lambda axes: jax.ShapeDtypeStruct((1,) * len(axes), np.float32),
+        spec,
+        is_leaf=nfspec.is_axes,
+    )
 
 
-def _check_keys(opt: LearnedOptimizer, theta: PyTree, spec: nfspec.Spec | None, where: Path):
+def _check_fits(opt: LearnedOptimizer, theta: PyTree, spec: nfspec.Spec | None, where: Path):
     """Compares theta's entries (names and ranks) with those of a fresh ``init_meta``."""
-    unit_params = None
-    if spec is not None:
-        unit_params = jax.tree_util.tree_map(
-            lambda axes: jax.ShapeDtypeStruct((1,) * len(axes), np.float32),
-            spec,
-            is_leaf=nfspec.is_axes,
-        )
-    expected = jax.eval_shape(lambda key: opt.init_meta(key, unit_params), jax.random.key(0))
-    want, got = _ranks(expected), _ranks(theta)
-    if set(want) != set(got):
+    # The model's lengths are unknown here, so only the ranks can be compared.
+    mismatch = theta_mismatch(opt, theta, _unit_params(spec), ranks_only=True)
+    if mismatch is not None:
         raise SavedOptimizerError(
             f"the meta-parameters in {where / THETA_FILE} do not fit an optimizer for this "
-            "model's weight space (was it trained on another architecture?): missing "
-            f"{sorted(set(want) - set(got)) or 'none'}, unexpected "
-            f"{sorted(set(got) - set(want)) or 'none'}"
-        )
-    wrong = [key for key in want if want[key] != got[key]]
-    if wrong:
-        raise SavedOptimizerError(
-            f"the meta-parameters in {where / THETA_FILE} do not fit an optimizer for this "
-            f"model's weight space (was it trained on another architecture?): wrong rank "
-            f"for {wrong}"
+            f"model's weight space (was it trained on another architecture?): {mismatch}"
         )
 
 
@@ -243,7 +223,7 @@ def load_learned_optimizer(
         opt = for_model(config, space, spec, **extra)
     else:
         opt = optimizer_from_config(config, spec, **extra)
-    _check_keys(opt, theta, spec, Path(path))
+    _check_fits(opt, theta, spec, Path(path))
     return opt, theta
 
 

@@ -1,0 +1,173 @@
+"""Writing files so that a crash never leaves half of one, and checking that what is read back
+fits what it is for.
+
+The files a reader must never see half-written (a saved optimizer's ``config.json`` and
+``theta.msgpack``, a checkpoint's file list, a run's config and summary) go through
+:func:`write_atomic`: the bytes go to a temporary file in the same directory, which then
+replaces the target in one rename, so a reader sees the old file or the new one, never a
+mix.
+
+Every check that one pytree fits another (meta-parameters against an optimizer, gradients
+against params) goes through :func:`tree_mismatch`, so the messages name the offending
+entries the same way everywhere:
+
+>>> mismatch = theta_mismatch(opt, theta, params)
+>>> if mismatch is not None:
+...     raise ValueError(f"theta does not fit: {mismatch}")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jax
+import numpy as np
+
+if TYPE_CHECKING:
+    from lopt.learned.base import LearnedOptimizer
+
+PyTree = Any
+
+# -- atomic writes ------------------------------------------------------------------------
+
+
+def write_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = 0o644) -> Path:
+    """Writes ``data`` to ``path`` atomically (a temporary file, then a rename).
+
+    Args:
+        path: the file to write; its directory must exist.
+        data: the whole content.
+        mode: permission bits of the written file; ``None`` keeps those of the temporary
+            file (owner read and write only).
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    # The temporary name starts with ".<name>." so that listings of the directory can
+    # recognise (and skip) an unfinished write.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Writes ``text`` (UTF-8) to ``path`` atomically, readable by everyone (0644)."""
+    return write_atomic(path, text.encode())
+
+
+def write_json(path: str | os.PathLike, document: Any) -> Path:
+    """Writes ``document`` as indented JSON with sorted keys, atomically (see
+    :func:`write_text`); NaN and infinities are refused."""
+    return write_text(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+# -- does one pytree fit another ----------------------------------------------------------
+
+
+class TreeMismatch(NamedTuple):
+    """How a pytree differs from the one expected, by leaf path (``jax.tree_util.keystr``).
+
+    Attributes:
+        missing: expected paths the tree lacks, sorted.
+        unexpected: paths of the tree that are not expected, sorted.
+        wrong: ``(path, found shape, expected shape)`` of each common leaf whose shape
+            (or, with ``ranks_only``, rank) differs, in the expected tree's order.
+        ranks_only: whether only ranks were compared.
+    """
+
+    missing: list[str]
+    unexpected: list[str]
+    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
+    ranks_only: bool
+
+    def __str__(self) -> str:
+        if self.missing or self.unexpected or not self.wrong:
+            return f"missing {self.missing or 'none'}, unexpected {self.unexpected or 'none'}"
+        if self.ranks_only:
+            return f"wrong rank for {[path for path, _, _ in self.wrong]}"
+        path, found, expected = self.wrong[0]
+        return f"{path} has shape {found}, expected {expected}"
+
+
+def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in flat}
+
+
+def tree_mismatch(
+    expected: PyTree, actual: PyTree, *, ranks_only: bool = False, ordered: bool = False
+) -> TreeMismatch | None:
+    """How ``actual`` differs from ``expected`` in its leaves' paths and shapes.
+
+    Args:
+        expected: the reference tree (arrays or ``jax.ShapeDtypeStruct``).
+        actual: the tree to check.
+        ranks_only: compare only the leaves' ranks, for a reference whose lengths are
+            placeholders.
+        ordered: the leaves must also come in the same order (as ``jax.tree.map`` over
+            both trees needs), not only have the same paths.
+
+    Returns:
+        ``None`` when ``actual`` fits, else a :class:`TreeMismatch` (its ``str`` says how).
+    """
+    want, got = _shapes(expected), _shapes(actual)
+    same_paths = list(want) == list(got) if ordered else set(want) == set(got)
+    if not same_paths:
+        missing = sorted(set(want) - set(got))
+        unexpected = sorted(set(got) - set(want))
+        return TreeMismatch(missing, unexpected, [], ranks_only)
+    differs = (lambda a, b: len(a) != len(b)) if ranks_only else (lambda a, b: a != b)
+    wrong = [(path, got[path], shape) for path, shape in want.items() if differs(got[path], shape)]
+    return TreeMismatch([], [], wrong, ranks_only) if wrong else None
+
+
+def expected_theta(opt: LearnedOptimizer, params: PyTree | None) -> PyTree:
+    """The shapes of the meta-parameters ``opt`` makes for ``params`` (``ShapeDtypeStruct``
+    leaves; nothing is computed)."""
+    return jax.eval_shape(lambda key: opt.init_meta(key, params), jax.random.key(0))
+
+
+def theta_mismatch(
+    opt: LearnedOptimizer, theta: PyTree, params: PyTree | None, *, ranks_only: bool = False
+) -> TreeMismatch | None:
+    """How ``theta`` differs from the meta-parameters ``opt`` needs for ``params``.
+
+    Args:
+        opt: the optimizer.
+        theta: the meta-parameters to check.
+        params: the params (arrays or ``jax.ShapeDtypeStruct``) ``theta`` is for.
+        ranks_only: see :func:`tree_mismatch`.
+    """
+    return tree_mismatch(expected_theta(opt, params), theta, ranks_only=ranks_only)
+
+
+def check_theta(opt: LearnedOptimizer, theta: PyTree, params: PyTree) -> None:
+    """Checks that ``theta`` has the structure and shapes ``opt`` needs for ``params``.
+
+    Raises:
+        ValueError: naming the meta-parameters that are missing or unexpected, or the first
+            one of the wrong shape.
+    """
+    mismatch = theta_mismatch(opt, theta, params)
+    if mismatch is None:
+        return
+    hint = ""
+    if mismatch.wrong:
+        hint = " (was theta made for a model whose fixed, unpermuted axes have other lengths?)"
+    name = opt.config.get("name", "?")
+    raise ValueError(
+        f"theta does not fit the {name!r} optimizer for these params: {mismatch}{hint}"
+    )
