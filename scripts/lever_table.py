@@ -24,7 +24,7 @@ import yaml
 from lopt.learned.serialization import read_theta
 
 
-def _number(value: float | None, digits: int = 3) -> str:
+def fmt_number(value: float | None, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.{digits}g}"
@@ -47,7 +47,7 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
     changed = [o for o in overrides if o not in baseline and not o.startswith("hydra.")]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     validated = [r for r in records if r.get("val_final_loss") is not None]
-    curve = [f"{r['step']}:{_number(r['val_vs_adam'], 2)}" for r in validated]
+    curve = [f"{r['step']}:{fmt_number(r['val_vs_adam'], 2)}" for r in validated]
     finished = (run_dir / "summary.json").is_file()
     if finished:
         summary = json.loads((run_dir / "summary.json").read_text())
@@ -61,16 +61,16 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
         "run": run_dir.name,
         "overrides": " ".join(changed) or "(shared only)",
         "steps": str(summary["steps"]),
-        "wall s": _number(summary["wall_time_sec"], 4),
-        "θ0 val": _number(validation.get("theta0_final_loss")),
-        "Adam val (lr)": f"{_number(validation.get('adam_final_loss'))} "
-        f"({_number(validation.get('adam_learning_rate'), 2)})",
-        "best val (step)": f"{_number(validation.get('best_final_loss'))} "
+        "wall s": fmt_number(summary["wall_time_sec"], 4),
+        "θ0 val": fmt_number(validation.get("theta0_final_loss")),
+        "Adam val (lr)": f"{fmt_number(validation.get('adam_final_loss'))} "
+        f"({fmt_number(validation.get('adam_learning_rate'), 2)})",
+        "best val (step)": f"{fmt_number(validation.get('best_final_loss'))} "
         f"({validation.get('best_step', '—')})",
-        "best ÷ θ0": _number(validation.get("best_vs_theta0")),
-        "best ÷ Adam": _number(validation.get("best_vs_adam")),
+        "best ÷ θ0": fmt_number(validation.get("best_vs_theta0")),
+        "best ÷ Adam": fmt_number(validation.get("best_vs_adam")),
         "val ÷ Adam by step": " ".join(curve),
-        "learned scalars": ", ".join(f"{k} {_number(v)}" for k, v in learned.items()) or "—",
+        "learned scalars": ", ".join(f"{k} {fmt_number(v)}" for k, v in learned.items()) or "—",
     }
 
 

@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 
 import yaml
-from lever_table import _number, scalars, table
+from lever_table import fmt_number, scalars, table
 
 from lopt.learned.serialization import read_theta
 
@@ -55,11 +55,11 @@ def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[st
         validation = summary.get("validation") or {}
         learned = scalars(read_theta(run / "optimizer"))
         lines.append(
-            f"| {label} | {summary['steps']} | {_number(summary['wall_time_sec'], 4)} | "
-            f"{_number(summary['inner_steps_per_sec'])} | {validation.get('best_step', '—')} | "
-            f"{_number(validation.get('best_vs_theta0'))} | "
-            f"{_number(validation.get('best_vs_adam'))} | "
-            + ", ".join(f"{k} {_number(v)}" for k, v in learned.items())
+            f"| {label} | {summary['steps']} | {fmt_number(summary['wall_time_sec'], 4)} | "
+            f"{fmt_number(summary['inner_steps_per_sec'])} | {validation.get('best_step', '—')} | "
+            f"{fmt_number(validation.get('best_vs_theta0'))} | "
+            f"{fmt_number(validation.get('best_vs_adam'))} | "
+            + ", ".join(f"{k} {fmt_number(v)}" for k, v in learned.items())
             + f" | {(summary.get('environment') or {}).get('commit', '—')} |"
         )
         commands.append(command(run, "lopt-train"))
