@@ -7,6 +7,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from lopt.distributed import check_population_divides
+
 PyTree = Any
 
 
@@ -31,14 +33,12 @@ def estimator_state_shardings(
         raise ValueError(f"mesh has no axis {axis!r}; its axes are {mesh.axis_names}")
     replicated = NamedSharding(mesh, PartitionSpec())
     split = NamedSharding(mesh, PartitionSpec(axis))
-    num_shards = mesh.shape[axis]
 
     def particle_sharding(leaf: Any) -> NamedSharding:
-        if leaf.ndim == 0 or leaf.shape[0] % num_shards:
-            raise ValueError(
-                f"particle axis of size {leaf.shape[:1]} cannot be split over {num_shards} "
-                f"devices of mesh axis {axis!r}; choose a population divisible by it"
-            )
+        if leaf.ndim == 0:
+            raise ValueError("a particle field holds a scalar; it has no particle axis to split")
+        size = leaf.shape[0]
+        check_population_divides(size, mesh, axis, f"a particle axis of size {size}")
         return split
 
     fields = getattr(estimator_state, "_fields", ())
