@@ -330,6 +330,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         particle_axis=None if mesh is None else config["mesh_axis"],
     )
     checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=config["keep_checkpoints"])
+    checkpoint_config = _checkpoint_config(config, parts, mesh)
     validation = None
     try:
         state, resumed = initial_state(trainer, checkpoints, config, mesh)
@@ -365,11 +366,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
         with StopRequest() as stop, _progress_bar(config, state) as bar:
             hooks = _run_hooks(
-                config, checkpoints, files, logger, parts, mesh, validation, stop, bar
+                config, checkpoints, files, logger, checkpoint_config, validation, stop, bar
             )
             state = _loop(trainer, state, config, hooks)
         if checkpoints.latest_step() != int(state.meta.step):
-            checkpoints.save(int(state.meta.step), state, _checkpoint_config(config, parts, mesh))
+            checkpoints.save(int(state.meta.step), state, checkpoint_config)
     finally:
         checkpoints.close()
     files.close()
@@ -504,8 +505,7 @@ def _run_hooks(
     checkpoints: Checkpointer,
     files: MetricsFiles,
     logger: Logger,
-    parts: Any,
-    mesh: Mesh | None,
+    checkpoint_config: dict,
     validation: Validation | None,
     stop: StopRequest,
     bar: tqdm,
@@ -537,7 +537,7 @@ def _run_hooks(
 
     def after_step(done: int, run: RunState) -> None:
         if every and done % every == 0:
-            checkpoints.save(done, run, _checkpoint_config(config, parts, mesh))
+            checkpoints.save(done, run, checkpoint_config)
 
     return LoopHooks(
         stop_requested=lambda: stop.signal is not None,
