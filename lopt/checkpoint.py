@@ -24,6 +24,13 @@ array data: truncated, changed, deleted) is reported as corruption, naming the f
 orbax opens anything. Steps written by format version 1 have no such list and are read as
 before.
 
+In a multi-process run (:mod:`lopt.distributed`) every process calls :meth:`Checkpointer.save`
+and :meth:`~Checkpointer.restore` at the same point, on a directory they share: the leaves
+are gathered from all processes (arrays sharded over other processes' devices included),
+orbax writes them once, from process 0, and coordinates the processes; process 0 writes the
+file list, and no process returns from ``save`` before it is there. A restore gives every
+process the whole state on the host; ``MetaTrainer.place`` puts it back on the mesh.
+
 >>> checkpoints = Checkpointer("run/checkpoints", max_to_keep=2)
 >>> checkpoints.save(step, state, config={"task": ...})
 >>> state = checkpoints.restore(checkpoints.latest_step(), like=state)
@@ -42,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lopt.distributed import barrier, is_main_process, to_host
 from lopt.persistence import write_text
 
 PyTree = Any
@@ -114,7 +122,7 @@ def describe(tree: PyTree) -> list[LeafInfo]:
 def _host_leaves(tree: PyTree) -> list[np.ndarray]:
     leaves = jax.tree.leaves(tree)
     raw = [jax.random.key_data(x) if _is_typed_key(x) else x for x in leaves]
-    return [np.asarray(x) for x in jax.device_get(raw)]
+    return [np.asarray(x) for x in to_host(raw)]
 
 
 def digest(arrays: list[np.ndarray]) -> str:
@@ -296,7 +304,9 @@ class Checkpointer:
         )
         self._get_manager().wait_until_finished()
         directory = self._step_dir(step)
-        write_text(directory / FILES_MANIFEST, json.dumps(file_digests(directory)))
+        if is_main_process():
+            write_text(directory / FILES_MANIFEST, json.dumps(file_digests(directory)))
+        barrier(f"lopt.checkpoint.save:{self.directory}:{step}")
         return directory
 
     def restore_leaves(self, step: int) -> tuple[list[np.ndarray], dict]:

@@ -15,11 +15,17 @@ This module holds what the command-line tools need around that:
 * :func:`check_population_divides`: the clear error, before any work, for a population that
   does not split evenly over the mesh;
 * :func:`is_main_process` and :func:`to_host`: process 0 alone writes files and logs; any
-  process can read a sharded or replicated array back as numpy.
+  process can read a sharded or replicated array back as numpy;
+* :func:`place`: the inverse, host values onto a (global) sharding, as the restore of a
+  checkpoint needs;
+* :func:`any_process`, :func:`check_agree` and :func:`barrier`: the few decisions the
+  processes must take together (stop after this step, run in the same directory, a file is
+  written before anyone reads it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -209,3 +215,70 @@ def to_host(tree: PyTree) -> PyTree:
         return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
 
     return jax.tree.map(fetch, tree)
+
+
+def _is_typed_key(leaf: Any) -> bool:
+    dtype = getattr(leaf, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def place(tree: PyTree, shardings: PyTree) -> PyTree:
+    """``tree``'s values as arrays with ``shardings``, which may span other processes' devices.
+
+    Every process passes the same (whole) values; each keeps the shards of its own devices.
+    Typed PRNG keys are placed as their key data and re-wrapped.
+
+    Args:
+        tree: numpy or JAX arrays (e.g. a restored checkpoint).
+        shardings: a matching pytree of :class:`~jax.sharding.Sharding`.
+    """
+
+    def put(leaf: Any, sharding: Any) -> Any:
+        if _is_typed_key(leaf):
+            impl = jax.random.key_impl(leaf)
+            data = jax.device_put(np.asarray(jax.random.key_data(leaf)), sharding)
+            return jax.random.wrap_key_data(data, impl=impl)
+        return jax.device_put(np.asarray(leaf), sharding)
+
+    return jax.tree.map(put, tree, shardings)
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (a collective: every process must call it at
+    the same point; one process: ``flag`` itself)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.bool_))))
+
+
+def check_agree(value: str, what: str) -> None:
+    """Raises ValueError on every process unless all processes pass the same ``value``
+    (a collective; nothing to check for one process).
+
+    Args:
+        value: this process's value (compared by its SHA-256).
+        what: what the value is, for the message (e.g. ``"the run directory"``).
+    """
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(value.encode()).digest()[:8], np.uint32)
+    every = np.asarray(multihost_utils.process_allgather(digest))
+    differ = sorted({int(i) for i in np.nonzero((every != every[0]).any(axis=1))[0]})
+    if differ:
+        raise ValueError(
+            f"the processes disagree on {what}: process(es) {differ} have another than "
+            f"process 0; this process has {value!r}"
+        )
+
+
+def barrier(name: str) -> None:
+    """Waits until every process has reached the barrier ``name`` (nothing for one process)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(name)

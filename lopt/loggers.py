@@ -161,21 +161,28 @@ class MetricsFiles:
         resume_step: when continuing a run from a checkpoint of this step, records of later
             steps (written after that checkpoint by the interrupted process) are dropped
             first; ``None`` starts new files.
+        write: false keeps the records in :attr:`records` alone and touches no file (the
+            processes of a multi-process run other than the first).
     """
 
     JSONL = "metrics.jsonl"
     CSV = "metrics.csv"
 
-    def __init__(self, directory: str | os.PathLike, resume_step: int | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike, resume_step: int | None = None, write: bool = True
+    ) -> None:
         self.directory = Path(directory)
         self.jsonl_path = self.directory / self.JSONL
         self.csv_path = self.directory / self.CSV
+        self.records: list[dict[str, Any]] = []
+        self._writes = write
+        if not write:
+            return
         kept = (
             []
             if resume_step is None
             else [r for r in read_metrics(self.jsonl_path) if r.get("step", 0) <= resume_step]
         )
-        self.records: list[dict[str, Any]] = []
         self._columns: list[str] | None = None
         self._jsonl = open(self.jsonl_path, "w")  # noqa: SIM115 - closed by close()
         self._csv_file = open(self.csv_path, "w", newline="")  # noqa: SIM115
@@ -186,6 +193,9 @@ class MetricsFiles:
     def write(self, record: Mapping[str, Any]) -> None:
         """Appends one record."""
         record = dict(record)
+        if not self._writes:
+            self.records.append(record)
+            return
         if self._columns is None:
             self._columns = list(record)
             self._csv = csv.DictWriter(self._csv_file, fieldnames=self._columns)
@@ -199,6 +209,8 @@ class MetricsFiles:
 
     def close(self) -> None:
         """Closes both files."""
+        if not self._writes:
+            return
         self._jsonl.close()
         self._csv_file.close()
 

@@ -12,6 +12,13 @@ Forced host devices share this machine's cores: on 2 cores the time cannot fall 
 cores give, so the table shows the overhead of sharding, not a speed-up. The collectives are
 what a real mesh of that size would exchange.
 
+Last, an estimate for a real cluster from those collectives: with the particles per device
+held fixed (the population grows with the devices; the collectives are θ-sized whatever the
+population), one outer step costs a device's compute time plus the collectives, each a ring
+all-reduce of ``2 (n - 1) / n`` times its bytes over the link and ``2 (n - 1)`` hops of
+latency, none overlapped with compute. The link bandwidth, the hop latency and the compute
+times are assumptions (flags), printed with the table.
+
     python scripts/bench_distributed.py
     python scripts/bench_distributed.py --devices 1 2 4 8 --pairs 8 --task mlp_digits
 """
@@ -106,6 +113,16 @@ def main() -> None:
     parser.add_argument("--truncation", type=int, default=50)
     parser.add_argument("--episode", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=10, help="timed outer steps per count")
+    parser.add_argument("--link-gbps", type=float, default=100.0, help="link, Gbit/s")
+    parser.add_argument("--hop-us", type=float, default=10.0, help="latency per ring hop, µs")
+    parser.add_argument(
+        "--compute-s",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.05, 0.2],
+        help="assumed compute time of one outer step on one accelerator, seconds",
+    )
+    parser.add_argument("--cluster", type=int, nargs="+", default=[8, 64], help="accelerators")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -135,6 +152,40 @@ def main() -> None:
             f"| {row['devices']} | {args.pairs / row['devices']:g} | {row['compile_s']:.1f} | "
             f"{row['step_s']:.3f} | {row['step_s'] / base:.2f} | {moved or 'none'} |"
         )
+    print_cluster_estimate(rows[-1]["collectives"], args)
+
+
+def collective_seconds(collectives: dict, devices: int, link_gbps: float, hop_us: float) -> float:
+    """Seconds for ``collectives`` (``kind -> (count, bytes)``) as ring all-reduces over
+    ``devices`` accelerators: ``2 (n - 1) / n`` of the bytes over the link, ``2 (n - 1)`` hops
+    of latency each."""
+    count = sum(c for c, _ in collectives.values())
+    moved = sum(b for _, b in collectives.values())
+    hops = 2 * (devices - 1)
+    bandwidth = link_gbps * 1e9 / 8
+    return hops / devices * moved / bandwidth + count * hops * hop_us * 1e-6
+
+
+def print_cluster_estimate(collectives: dict, args: argparse.Namespace) -> None:
+    """Prints the expected efficiency (compute / (compute + collectives)) per cluster size
+    and assumed compute time of an outer step."""
+    count = sum(c for c, _ in collectives.values())
+    moved = sum(b for _, b in collectives.values())
+    print(
+        f"\nCluster estimate, {args.pairs / args.devices[-1]:g} pair(s) per accelerator "
+        f"(as at {args.devices[-1]} devices here) held fixed: {count} collectives of "
+        f"{moved:,} B per outer step as ring all-reduces, {args.link_gbps:g} Gbit/s links, "
+        f"{args.hop_us:g} µs per hop, no overlap\n"
+    )
+    header = " | ".join(f"{n} accelerators" for n in args.cluster)
+    print(f"| compute per outer step | {header} |")
+    print("|---|" + "---|" * len(args.cluster))
+    for compute in args.compute_s:
+        cells = []
+        for devices in args.cluster:
+            exchange = collective_seconds(collectives, devices, args.link_gbps, args.hop_us)
+            cells.append(f"{compute / (compute + exchange):.1%} ({exchange * 1e3:.2f} ms)")
+        print(f"| {compute:g} s | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -174,3 +174,106 @@ def test_lopt_train_refuses_more_devices_than_there_are(tmp_path):
     with pytest.raises(RunError, match="devices=8 but there are 1"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def lopt_train_command() -> list[str]:
+    """A short ``lopt-train`` run of 4 antithetic pairs (a multiple of 4 devices)."""
+    from test_cli import FAST
+
+    return [sys.executable, "-m", "lopt.cli.train", *FAST, "logger=none", "population=8"]
+
+
+def lopt_train_processes(cwd: Path, *args: str, processes: int = 2, local_devices: int = 2):
+    """Runs ``lopt-train`` as ``processes`` processes joined over localhost; their results."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
+    command = lopt_train_command()
+    port = free_port()
+    joined = [
+        "devices=all",
+        f"distributed.coordinator_address=localhost:{port}",
+        f"distributed.num_processes={processes}",
+    ]
+    running = [
+        subprocess.Popen(
+            [*command, *joined, f"distributed.process_id={i}", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+    results = []
+    for process in running:
+        stdout, stderr = process.communicate(timeout=300)
+        results.append(
+            subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+        )
+    return results
+
+
+def lopt_train_four_devices(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """Runs ``lopt-train`` as one process over 4 forced host devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    return subprocess.run(
+        [*lopt_train_command(), "devices=4", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def assert_succeeded(results) -> None:
+    for result in results:
+        assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.slow  # five lopt-train runs of two processes joined by gloo
+def test_lopt_train_in_two_processes_equals_one_process_and_resumes_bit_for_bit(tmp_path):
+    from test_cli import final_leaves
+
+    common = ["checkpoint_every=5", "log_every=5", "validation.every=5"]
+    single = lopt_train_four_devices(tmp_path, *common, "steps=10", "hydra.run.dir=single")
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert_succeeded(lopt_train_processes(tmp_path, *common, "steps=10", "hydra.run.dir=straight"))
+    assert_succeeded(lopt_train_processes(tmp_path, *common, "steps=5", "hydra.run.dir=resumed"))
+    resumed = lopt_train_processes(
+        tmp_path, *common, "steps=10", "hydra.run.dir=resumed", "resume=true"
+    )
+    assert_succeeded(resumed)
+    # Process 0 alone logs: the other's output holds no record of the run.
+    assert "summary" in resumed[0].stdout and "summary" not in resumed[1].stdout
+    (step_a, straight), (step_b, again) = (
+        final_leaves(tmp_path / name) for name in ("straight", "resumed")
+    )
+    assert step_a == step_b == 10
+    for a, b in zip(straight, again, strict=True):
+        np.testing.assert_array_equal(a, b)
+    step_c, one_process = final_leaves(tmp_path / "single")
+    assert step_c == 10
+    for a, b in zip(straight, one_process, strict=True):
+        # The cross-process reductions add in another order than one process's.
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6)
+    for name in ("summary.json", "optimizer", "optimizer_last", "metrics.jsonl", "loss.png"):
+        assert (tmp_path / "resumed" / name).exists(), name
+
+    refused = lopt_train_four_devices(
+        tmp_path, *common, "steps=15", "hydra.run.dir=resumed", "resume=true"
+    )
+    assert refused.returncode == 1
+    assert "split over 4 device(s) in 2 process(es), this run has 4 in 1" in refused.stderr
+    assert final_leaves(tmp_path / "resumed")[0] == 10
+
+    apart = lopt_train_processes(
+        tmp_path, "steps=5", "hydra.run.dir=apart_${distributed.process_id}"
+    )
+    for result in apart:
+        assert result.returncode == 1
+        assert "the processes disagree on the run directory" in result.stderr
+        assert "same hydra.run.dir" in result.stderr
+    assert not any((tmp_path / f"apart_{i}" / "checkpoints").exists() for i in range(2))

@@ -194,6 +194,7 @@ def prepare_validation(
     run_dir: Path,
     settings: ValidationSettings,
     initial_theta: Callable[[], Any],
+    write: bool = True,
 ) -> tuple[Validation, Any]:
     """The run's validator and its reference levels, read from ``validation/reference.json``
     when an earlier process of this run computed them, else computed (a learning-rate sweep
@@ -205,6 +206,8 @@ def prepare_validation(
         run_dir: the run directory.
         settings: the validation settings.
         initial_theta: returns the initial theta as the optimizer makes it (called once).
+        write: write ``validation/reference.json`` once computed (false on every process of
+            a multi-process run but the first: they compute the same levels).
 
     Returns:
         The validation and the initial theta (with ``start_at_tuned``, its step size is the
@@ -236,8 +239,10 @@ def prepare_validation(
             "start_at_tuned: theta0's step size is %s's tuned learning rate %g", baseline, rate
         )
     reference = reference._replace(theta0=validate(theta0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"settings": settings_json, "start_at_tuned": tuned, **reference.to_json()})
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        document = {"settings": settings_json, "start_at_tuned": tuned, **reference.to_json()}
+        write_json(path, document)
     log.info(
         "validation reference: theta0 %.4g, Adam %.4g (lr %g)",
         reference.theta0.score,

@@ -307,6 +307,18 @@ class CompilationCacheConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How a process joins a multi-process run (:func:`lopt.distributed.settings_from`):
+    null entries come from ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES`` and
+    ``$JAX_PROCESS_ID``, or JAX's detection on SLURM and TPU pods."""
+
+    enabled: Any = "auto"  # auto, true or false
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+
+@dataclass
 class RecipeConfig:
     """How a learned rule starts (the ``recipe`` group's ``recipe`` node; the ``unf``,
     ``unf_deep``, ``nfn`` and ``deepsets`` options read it): see
@@ -333,6 +345,10 @@ class TrainConfig:
         recipe: the learned rules' initial base, step size, scale, momentum and last layer
             (set by the ``recipe`` group: ``tuned``, the default, or ``paper``).
         compilation_cache: JAX's persistent compilation cache (on by default).
+        devices: devices the particle groups are split over: a count, or ``"all"`` (of all
+            processes).
+        mesh_axis: the name of the mesh axis they are split along.
+        distributed: joining other processes (hosts) through ``jax.distributed``.
         start_at_tuned: start theta's step size at its base optimizer's learning rate tuned
             by a sweep on the validation runs (Adam's for the ``adam`` base, SGDM's for
             ``sgdm``), so meta-training starts from the tuned baseline.
@@ -363,6 +379,7 @@ class TrainConfig:
     start_at_tuned: bool = False
     devices: Any = 1  # a count, or "all"
     mesh_axis: str = "particles"
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     population: int = 16
     truncation_length: int = 50
     sigma: float = 0.01
@@ -380,6 +397,7 @@ RUN_CONTROL_KEYS = (
     "name",
     "devices",  # checked on resume by the mesh it gives (lopt.cli.train.check_same_topology)
     "mesh_axis",
+    "distributed",  # its process count is checked on resume with the devices
     "steps",
     "log_every",
     "checkpoint_every",

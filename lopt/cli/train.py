@@ -4,6 +4,8 @@
     lopt-train experiment=mlp lopt=nfn seed=1            # the paper's MLP setting
     lopt-train -m experiment=smoke lopt=unf,deepsets     # a sweep, one directory per run
     lopt-train experiment=mlp hydra.run.dir=runs/a resume=true   # continue runs/a
+    lopt-train experiment=mlp devices=4 population=32    # 16 pairs over 4 devices
+    srun lopt-train experiment=mlp devices=all hydra.run.dir=runs/$SLURM_JOB_ID  # many hosts
 
 A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`` and
 ``metrics.csv`` (one record per log interval and per validation), ``checkpoints/`` (the whole
@@ -11,6 +13,10 @@ A run directory receives ``config.yaml`` (the resolved config), ``metrics.jsonl`
 and a tuned Adam's validation), and at the end ``optimizer/`` (the best theta by validation,
 :func:`lopt.learned.save_optimizer` format), ``optimizer_last/`` (the last theta),
 ``loss.png`` and ``summary.json``.
+
+Every process of a multi-process run (``distributed.*``, :mod:`lopt.distributed`) runs the
+same command in the same run directory: each advances the particles on its own devices, all
+write and restore the checkpoints together, and process 0 alone logs and writes the files.
 """
 
 from __future__ import annotations
@@ -59,11 +65,20 @@ from lopt.cli.run_validation import (
     validation_settings,
     validation_summary,
 )
-from lopt.distributed import check_population_divides, particle_mesh
+from lopt.distributed import (
+    any_process,
+    check_agree,
+    check_population_divides,
+    initialize,
+    is_main_process,
+    particle_mesh,
+    settings_from,
+    to_host,
+)
 from lopt.evaluation.evaluate import environment
 from lopt.evaluation.validation import Reference
 from lopt.learned import save_optimizer
-from lopt.loggers import Logger, MetricsFiles
+from lopt.loggers import Logger, MetricsFiles, null_logger
 from lopt.meta import (
     LoopHooks,
     MetaState,
@@ -139,7 +154,8 @@ def initial_state(
     check_compatible(saved.get("run", {}), config)
     check_same_topology(saved.get("topology", SINGLE_DEVICE), topology(mesh))
     like = jax.eval_shape(lambda k: fresh_run_state(trainer.init(k)), key)
-    return checkpoints.restore(latest, like=like), True
+    state = checkpoints.restore(latest, like=like)
+    return state._replace(meta=trainer.place(state.meta)), True
 
 
 def _checkpoint_config(config: dict, parts: Any, mesh: Mesh | None) -> dict:
@@ -294,6 +310,9 @@ def _summary(
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Runs (or resumes) the meta-training ``cfg`` describes, writing into ``run_dir``.
 
+    In a multi-process run every process calls this with the same config and directory;
+    each runs its own particles, and process 0 alone logs and writes the run's files.
+
     Returns:
         The summary (also written to ``run_dir/summary.json``).
 
@@ -303,6 +322,93 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     begin = time.perf_counter()
     measured_on = environment()  # the source's commit as the run starts, before any edit
     run_dir = Path(run_dir).absolute()
+    config = resolved_config(cfg)
+    parts = build_parts(config)
+    mesh = particle_mesh_for(config, parts)
+    check_same_run_dir(run_dir)
+    trainer = build_trainer(config, parts, mesh)
+    checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=config["keep_checkpoints"])
+    checkpoint_config = _checkpoint_config(config, parts, mesh)
+    try:
+        state, resumed = initial_state(trainer, checkpoints, config, mesh)
+        start = int(state.meta.step)
+        # Nothing is written before this point: a run that cannot start changes nothing.
+        files, logger = _open_outputs(run_dir, config, resumed, start)
+        log.info(
+            "%s %s on %s: %s, %d inner steps per outer step; run dir %s",
+            f"resuming from step {start}:" if resumed else "meta-training",
+            parts.opt.config.get("name"),
+            parts.task.name,
+            parts.estimator.config.get("name"),
+            trainer.inner_steps_per_step,
+            run_dir,
+        )
+        state, validation = _start_validation(config, parts, run_dir, trainer, state, resumed)
+        with StopRequest() as stop, _progress_bar(config, state) as bar:
+            hooks = _run_hooks(
+                config, checkpoints, files, logger, checkpoint_config, validation, stop, bar
+            )
+            state = _loop(trainer, state, config, hooks)
+        if checkpoints.latest_step() != int(state.meta.step):
+            checkpoints.save(int(state.meta.step), state, checkpoint_config)
+    finally:
+        checkpoints.close()
+    files.close()
+    optimizer_dir = _save_results(state, files.records, config, parts, run_dir, validation)
+    summary = _summary(
+        files.records,
+        config,
+        parts,
+        run_dir,
+        start if resumed else 0,
+        time.perf_counter() - begin,
+        measured_on,
+    )
+    summary["interrupted_by"] = None if stop.signal is None else signal.Signals(stop.signal).name
+    if validation is not None:
+        validated = [r for r in files.records if math.isfinite(r.get("val_final_loss", math.nan))]
+        summary["validation"] = validation_summary(
+            state, validation.reference, validated[-1] if validated else None
+        )
+    _publish(summary, run_dir, logger, optimizer_dir, parts)
+    return summary
+
+
+def build_trainer(config: dict, parts: Any, mesh: Mesh | None) -> MetaTrainer:
+    """The run's meta-trainer, its particle groups split over ``mesh`` (None: one device)."""
+    return make_meta_trainer(
+        parts.task,
+        parts.opt,
+        parts.estimator,
+        parts.outer_opt,
+        schedule=parts.schedule,
+        objective=parts.objective,
+        mesh=mesh,
+        particle_axis=None if mesh is None else config["mesh_axis"],
+    )
+
+
+def _publish(summary: dict, run_dir: Path, logger: Logger, optimizer_dir: Path, parts: Any) -> None:
+    """Writes ``summary.json`` (process 0), hands the optimizer and the summary to the
+    logger, and logs the summary and the run's health."""
+    if is_main_process():
+        write_json(run_dir / SUMMARY_FILE, summary)
+    logger.log_optimizer(optimizer_dir)
+    logger.finish(summary)
+    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in summary.items()}
+    shown.pop("validation", None)
+    shown.pop("environment", None)
+    log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
+    _report_health(summary, parts)
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """``cfg`` as a checked plain dict.
+
+    Raises:
+        RunError: a key the schema does not know, a value it rejects, a count out of range,
+            or ``start_at_tuned`` without validation.
+    """
     unknown = schema.unknown_keys(cfg)
     if unknown:
         raise RunError(
@@ -314,101 +420,87 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     except Exception as err:
         raise RunError(f"invalid config: {err}") from err
     _check_counts(config)
-    settings = validation_settings(config)
-    if config["start_at_tuned"] and settings is None:
+    if config["start_at_tuned"] and validation_settings(config) is None:
         raise RunError("start_at_tuned needs validation (validation.every > 0)")
-    parts = build_parts(config)
-    mesh = particle_mesh_for(config, parts)
-    trainer = make_meta_trainer(
-        parts.task,
-        parts.opt,
-        parts.estimator,
-        parts.outer_opt,
-        schedule=parts.schedule,
-        objective=parts.objective,
-        mesh=mesh,
-        particle_axis=None if mesh is None else config["mesh_axis"],
-    )
-    checkpoints = Checkpointer(run_dir / CHECKPOINT_DIR, max_to_keep=config["keep_checkpoints"])
-    checkpoint_config = _checkpoint_config(config, parts, mesh)
-    validation = None
-    try:
-        state, resumed = initial_state(trainer, checkpoints, config, mesh)
-        start = int(state.meta.step)
-        # Nothing is written before this point: a run that cannot start changes nothing.
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
-        logger: Logger = build_logger(
-            config["logger"],
-            run_dir=run_dir,
-            run_config=config,
-            name=config["name"],
-            resume=resumed,
-        )
-        files = MetricsFiles(run_dir, resume_step=start if resumed else None)
-        log.info(
-            "%s %s on %s: %s, %d inner steps per outer step; run dir %s",
-            f"resuming from step {start}:" if resumed else "meta-training",
-            parts.opt.config.get("name"),
-            parts.task.name,
-            parts.estimator.config.get("name"),
-            trainer.inner_steps_per_step,
-            run_dir,
-        )
-        if settings is not None:
-            key = jax.random.PRNGKey(config["seed"])
-            initial = (lambda: trainer.init(key).theta) if resumed else (lambda: state.meta.theta)
-            validation, theta0 = prepare_validation(config, parts, run_dir, settings, initial)
-            if not resumed:
-                if config["start_at_tuned"]:
-                    state = fresh_run_state(trainer.init(key, theta0))
-                theta0_score = np.float32(validation.reference.theta0.score)
-                state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
-        with StopRequest() as stop, _progress_bar(config, state) as bar:
-            hooks = _run_hooks(
-                config, checkpoints, files, logger, checkpoint_config, validation, stop, bar
-            )
-            state = _loop(trainer, state, config, hooks)
-        if checkpoints.latest_step() != int(state.meta.step):
-            checkpoints.save(int(state.meta.step), state, checkpoint_config)
-    finally:
-        checkpoints.close()
-    files.close()
+    return config
 
-    last_theta = jax.device_get(state.meta.theta)
-    if validation is None:
-        optimizer_dir = save_optimizer(run_dir / OPTIMIZER_DIR, parts.opt, last_theta)
-    else:
-        optimizer_dir = save_optimizer(
-            run_dir / OPTIMIZER_DIR, parts.opt, jax.device_get(state.best_theta)
-        )
+
+def check_same_run_dir(run_dir: Path) -> None:
+    """Refuses a multi-process run whose processes would write into different directories
+    (Hydra's default directory carries the start time, which the processes do not share).
+    """
+    try:
+        check_agree(str(run_dir), "the run directory")
+    except ValueError as err:
+        raise RunError(
+            f"{err}; give every process the same hydra.run.dir=..., on a filesystem they share"
+        ) from None
+
+
+def _open_outputs(
+    run_dir: Path, config: dict, resumed: bool, start: int
+) -> tuple[MetricsFiles, Logger]:
+    """The run's ``config.yaml``, metrics files and logger; on processes other than the
+    first, an in-memory record of the metrics and no logger, and nothing is written."""
+    if not is_main_process():
+        return MetricsFiles(run_dir, write=False), null_logger()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / CONFIG_FILE, OmegaConf.to_yaml(OmegaConf.create(config)))
+    logger: Logger = build_logger(
+        config["logger"], run_dir=run_dir, run_config=config, name=config["name"], resume=resumed
+    )
+    return MetricsFiles(run_dir, resume_step=start if resumed else None), logger
+
+
+def _start_validation(
+    config: dict, parts: Any, run_dir: Path, trainer: MetaTrainer, state: RunState, resumed: bool
+) -> tuple[RunState, Validation | None]:
+    """The run's validation (None when off) and the state to start from: a new run's best
+    score is its initial theta's, and with ``start_at_tuned`` theta starts at the tuned
+    step size."""
+    settings = validation_settings(config)
+    if settings is None:
+        return state, None
+    key = jax.random.PRNGKey(config["seed"])
+    initial = (lambda: trainer.init(key).theta) if resumed else (lambda: state.meta.theta)
+    validation, theta0 = prepare_validation(
+        config, parts, run_dir, settings, lambda: to_host(initial()), write=is_main_process()
+    )
+    if not resumed:
+        if config["start_at_tuned"]:
+            state = fresh_run_state(trainer.init(key, theta0))
+        theta0_score = np.float32(validation.reference.theta0.score)
+        state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
+    return state, validation
+
+
+def _save_results(
+    state: RunState,
+    records: list[dict],
+    config: dict,
+    parts: Any,
+    run_dir: Path,
+    validation: Validation | None,
+) -> Path:
+    """Writes the optimizers (the best by validation in ``optimizer/`` and the last in
+    ``optimizer_last/``; without validation the last in ``optimizer/``) and the loss plot;
+    only process 0 writes. Returns the ``optimizer/`` directory."""
+    last_theta = to_host(state.meta.theta)
+    best_theta = last_theta if validation is None else to_host(state.best_theta)
+    optimizer_dir = run_dir / OPTIMIZER_DIR
+    if not is_main_process():
+        return optimizer_dir
+    save_optimizer(optimizer_dir, parts.opt, best_theta)
+    if validation is not None:
         save_optimizer(run_dir / LAST_OPTIMIZER_DIR, parts.opt, last_theta)
-    if files.records:
+    if records:
         plot_losses(
-            files.records,
+            records,
             run_dir / PLOT_FILE,
             f"{config['name']}: {parts.opt.config.get('name')} on {parts.task.name}",
             None if validation is None else validation.reference,
         )
-    seconds = time.perf_counter() - begin
-    summary = _summary(
-        files.records, config, parts, run_dir, start if resumed else 0, seconds, measured_on
-    )
-    summary["interrupted_by"] = None if stop.signal is None else signal.Signals(stop.signal).name
-    if validation is not None:
-        validated = [r for r in files.records if math.isfinite(r.get("val_final_loss", math.nan))]
-        summary["validation"] = validation_summary(
-            state, validation.reference, validated[-1] if validated else None
-        )
-    write_json(run_dir / SUMMARY_FILE, summary)
-    logger.log_optimizer(optimizer_dir)
-    logger.finish(summary)
-    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in summary.items()}
-    shown.pop("validation", None)
-    shown.pop("environment", None)
-    log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
-    _report_health(summary, parts)
-    return summary
+    return optimizer_dir
 
 
 def _report_health(summary: dict, parts: Any) -> None:
@@ -470,7 +562,7 @@ def _progress_bar(config: dict, state: RunState) -> tqdm:
     return tqdm(
         total=config["steps"],
         initial=int(state.meta.step),
-        disable=not config["progress"],
+        disable=not config["progress"] or not is_main_process(),
         unit="step",
         desc=config["name"],
         dynamic_ncols=True,
@@ -517,7 +609,7 @@ def _run_hooks(
     postfix: dict[str, str] = {}
 
     def validate(done: int, run: RunState) -> tuple[RunState, dict[str, float]]:
-        scores = validation.validate(run.meta.theta)
+        scores = validation.validate(to_host(run.meta.theta))
         fields = validation_record(scores, validation.reference)
         postfix.update(
             val_vs_adam=f"{fields['val_vs_adam']:.3g}",
@@ -540,7 +632,8 @@ def _run_hooks(
             checkpoints.save(done, run, checkpoint_config)
 
     return LoopHooks(
-        stop_requested=lambda: stop.signal is not None,
+        # Every process stops after the same step, whichever of them got the signal.
+        stop_requested=lambda: any_process(stop.signal is not None),
         on_step=lambda done: bar.update(1),
         validate=None if validation is None else validate,
         validate_every=0 if validation is None else validation.every,
@@ -555,6 +648,24 @@ def _interrupt(number: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def join_processes(cfg: DictConfig) -> None:
+    """Joins the other processes of a multi-process run (``cfg.distributed``), before
+    anything starts JAX's backend; the processes but the first then log warnings only.
+
+    Raises:
+        RunError: settings that cannot describe a run (see
+            :func:`lopt.distributed.settings_from`).
+    """
+    distributed = OmegaConf.to_container(cfg.get("distributed") or {}, resolve=True)
+    try:
+        settings = settings_from(distributed)
+    except ValueError as err:
+        raise RunError(str(err)) from None
+    initialize(settings)
+    if not is_main_process():
+        logging.getLogger("lopt").setLevel(logging.WARNING)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Entry point of ``lopt-train``; returns what a sweeper should minimise: the best
@@ -565,6 +676,7 @@ def main(cfg: DictConfig) -> float | None:
     enable_compilation_cache(cfg.compilation_cache)
     signal.signal(signal.SIGTERM, _interrupt)  # while starting, like Ctrl-C
     try:
+        join_processes(cfg)
         summary = train(cfg, run_dir)
     except (RunError, CheckpointError) as err:
         print(f"lopt-train: error: {err}", file=sys.stderr)

@@ -22,6 +22,8 @@ from typing import Any, NamedTuple, TypeVar
 import jax
 import jax.numpy as jnp
 
+from lopt.distributed import to_host
+
 State = TypeVar("State")
 Metrics = dict[str, jax.Array]
 Record = dict[str, float]
@@ -49,7 +51,7 @@ def last_step_metrics() -> MetricsReducer:
 
     def finish(totals: Metrics, count: int) -> dict[str, float]:
         del count
-        return {name: float(value) for name, value in jax.device_get(totals).items()}
+        return {name: float(value) for name, value in to_host(totals).items()}
 
     return MetricsReducer(add=lambda totals, metrics: metrics, finish=finish)
 
@@ -67,7 +69,7 @@ def interval_means(counts: tuple[str, ...] = COUNT_METRICS) -> MetricsReducer:
 
     def finish(totals: Metrics, count: int) -> dict[str, float]:
         values = {}
-        for name, value in jax.device_get(totals).items():
+        for name, value in to_host(totals).items():
             value = float(value)
             values[name] = int(value) if name in counts else value / count
         return values

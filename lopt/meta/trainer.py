@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AxisType, Mesh
 
+from lopt.distributed import place
 from lopt.meta.base import Estimator
 from lopt.meta.loop import LoopHooks, Record, last_step_metrics, outer_loop
 from lopt.meta.objective import MetaObjective
@@ -56,6 +57,9 @@ class MetaTrainer(NamedTuple):
         estimator: the estimator.
         outer_opt: the outer optax transformation.
         config: JSON-serialisable description of the run's meta-training setup.
+        place: ``MetaState -> MetaState``: a state's values (host arrays, e.g. a restored
+            checkpoint, the same on every process) on the devices ``step`` runs on, as
+            ``init`` places them (identity without a mesh).
     """
 
     init: Callable[..., MetaState]
@@ -65,6 +69,7 @@ class MetaTrainer(NamedTuple):
     estimator: Estimator
     outer_opt: optax.GradientTransformation
     config: dict
+    place: Callable[[MetaState], MetaState]
 
 
 def make_meta_trainer(
@@ -107,9 +112,9 @@ def make_meta_trainer(
     init = _state_initializer(unroller, estimator, outer_opt)
     step = _outer_step(unroller, estimator, outer_opt)
     if mesh is None:
-        jit_init, jit_step = jax.jit(init), jax.jit(step)
+        jit_init, jit_step, place = jax.jit(init), jax.jit(step), _unchanged
     else:
-        jit_init, jit_step = _jit_sharded(init, step, estimator, mesh, particle_axis)
+        jit_init, jit_step, place = _jit_sharded(init, step, estimator, mesh, particle_axis)
     config = {
         "estimator": estimator.config,
         "schedule": unroller.schedule.config,
@@ -125,7 +130,12 @@ def make_meta_trainer(
         estimator=estimator,
         outer_opt=outer_opt,
         config=config,
+        place=place,
     )
+
+
+def _unchanged(state: MetaState) -> MetaState:
+    return state
 
 
 def _state_initializer(
@@ -192,9 +202,14 @@ def _jit_sharded(
     estimator: Estimator,
     mesh: Mesh,
     particle_axis: str | None,
-) -> tuple[Callable[..., MetaState], Callable[[MetaState], tuple[MetaState, dict]]]:
+) -> tuple[
+    Callable[..., MetaState],
+    Callable[[MetaState], tuple[MetaState, dict]],
+    Callable[[MetaState], MetaState],
+]:
     """``init`` and ``step`` jitted with the state's particle axes sharded over the mesh's
-    ``particle_axis`` (default: its first) and everything else replicated."""
+    ``particle_axis`` (default: its first) and everything else replicated, and the function
+    that places a state's values so."""
     axis = mesh.axis_names[0] if particle_axis is None else particle_axis
     # The step is written for compiler-propagated (GSPMD) sharding: only its inputs and
     # outputs are pinned. Meshes with explicit axes (jax.make_mesh's default) would make
@@ -211,7 +226,7 @@ def _jit_sharded(
     )
     jit_init = jax.jit(init, out_shardings=state_sharding)
     jit_step = jax.jit(step, in_shardings=(state_sharding,), out_shardings=(state_sharding, None))
-    return jit_init, jit_step
+    return jit_init, jit_step, lambda state: place(state, state_sharding)
 
 
 def meta_train(
