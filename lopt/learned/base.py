@@ -60,11 +60,23 @@ def log_positive(value: float, name: str) -> jax.Array:
     return jnp.log(jnp.asarray(value, jnp.float32))
 
 
-def logit_unit(value: float, name: str) -> jax.Array:
-    """The stored form of a meta-parameter in ``(0, 1)``: its logit (float32)."""
+def check_unit(value: float, name: str) -> float:
+    """``value``, unchanged; raises a ValueError unless it lies strictly in ``(0, 1)``."""
     if not 0 < value < 1:
         raise ValueError(f"{name} must lie strictly between 0 and 1, got {value!r}")
-    value = jnp.asarray(value, jnp.float32)
+    return value
+
+
+def check_non_negative(value: float, name: str) -> float:
+    """``value``, unchanged; raises a ValueError unless it is at least zero (not NaN)."""
+    if not value >= 0:
+        raise ValueError(f"{name} must be non-negative, got {value!r}")
+    return value
+
+
+def logit_unit(value: float, name: str) -> jax.Array:
+    """The stored form of a meta-parameter in ``(0, 1)``: its logit (float32)."""
+    value = jnp.asarray(check_unit(value, name), jnp.float32)
     return jnp.log(value) - jnp.log1p(-value)
 
 

@@ -20,6 +20,7 @@ import optax
 from lopt.learned.base import (
     LearnedOptimizer,
     check_like,
+    check_non_negative,
     log_positive,
     logit_unit,
     validate_params,
@@ -163,8 +164,7 @@ def make_adam(
         eps: fixed denominator offset (not meta-learned).
     """
     _check_spec(spec)
-    if not eps >= 0:
-        raise ValueError(f"eps must be non-negative, got {eps!r}")
+    check_non_negative(eps, "eps")
     initial = {
         "log_learning_rate": log_positive(learning_rate, "learning_rate"),
         "logit_b1": logit_unit(b1, "b1"),

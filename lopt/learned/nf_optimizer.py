@@ -45,6 +45,8 @@ from lopt.learned import features as feats
 from lopt.learned.base import (
     LearnedOptimizer,
     check_like,
+    check_non_negative,
+    check_unit,
     log_positive,
     logit_unit,
     require_params,
@@ -162,6 +164,77 @@ def meta_parameters(theta: PyTree) -> tuple[jax.Array, jax.Array, jax.Array]:
     return alpha, beta, gamma0
 
 
+def initial_meta_parameters(alpha: float, beta: float, gamma0: float) -> dict[str, jax.Array]:
+    """The stored forms of ``(α, β, γ0)``; inverse of :func:`meta_parameters`."""
+    return {
+        "log_alpha": log_positive(alpha, "alpha"),
+        "log_beta": log_positive(beta, "beta"),
+        "logit_gamma0": logit_unit(gamma0, "gamma0"),
+    }
+
+
+def check_network_options(
+    backbone: str, spec: nfspec.Spec, hidden: int, depth: int, example_params: PyTree | None
+) -> None:
+    """Raises a ValueError naming the first invalid option of the network ``f_θ``."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
+    if spec is None:
+        raise ValueError(f"the {backbone!r} optimizer needs the permutation spec of the params")
+    nfspec.validate(spec)
+    if example_params is not None:
+        nfspec.validate(spec, example_params)
+    for name, value in (("hidden", hidden), ("depth", depth)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_rule_options(clip: float, base: str, b2: float, eps: float) -> None:
+    """Raises a ValueError naming the first invalid fixed option of the update rule."""
+    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a positive finite number, got {clip!r}")
+    if base not in BASES:
+        raise ValueError(f"unknown base {base!r}; expected one of {BASES}")
+    check_unit(b2, "b2")
+    check_non_negative(eps, "eps")
+
+
+def adam_direction(
+    state: NFOptState, grads: PyTree, gamma0: jax.Array, b2: float, eps: float
+) -> tuple[PyTree, PyTree, PyTree]:
+    """``(d, momentum, second_moment)`` of the ``adam`` base: Adam's bias-corrected,
+    normalised direction with first-moment decay ``γ0``, each leaf in its parameter's dtype."""
+    momentum = jax.tree_util.tree_map(
+        lambda m, g: (gamma0 * m + (1 - gamma0) * g).astype(m.dtype), state.momentum, grads
+    )
+    second = jax.tree_util.tree_map(
+        lambda v, g: (b2 * v + (1 - b2) * jnp.square(g)).astype(v.dtype),
+        state.second_moment,
+        grads,
+    )
+    t = (state.count + 1).astype(jnp.float32)
+    correction1, correction2 = 1 - gamma0**t, 1 - b2**t
+    direction = jax.tree_util.tree_map(
+        lambda m, v: ((m / correction1) / (jnp.sqrt(v / correction2) + eps)).astype(m.dtype),
+        momentum,
+        second,
+    )
+    return direction, momentum, second
+
+
+def base_direction(
+    base: str, state: NFOptState, grads: PyTree, gamma0: jax.Array, b2: float, eps: float
+) -> tuple[PyTree, PyTree, PyTree]:
+    """``(d, momentum, second_moment)`` of the base rule ``base`` (see the module
+    docstring); ``second_moment`` is ``None`` for ``sgdm``."""
+    if base == "adam":
+        return adam_direction(state, grads, gamma0, b2, eps)
+    momentum = jax.tree_util.tree_map(
+        lambda m, g: (gamma0.astype(m.dtype) * m + g).astype(m.dtype), state.momentum, grads
+    )
+    return momentum, momentum, None
+
+
 def make_nf_optimizer(
     backbone: str,
     spec: nfspec.Spec,
@@ -201,29 +274,9 @@ def make_nf_optimizer(
         A :class:`~lopt.learned.base.LearnedOptimizer`; ``theta`` is
         ``{"log_alpha", "log_beta", "logit_gamma0", "network"}``.
     """
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; expected one of {BACKBONES}")
-    if spec is None:
-        raise ValueError(f"the {backbone!r} optimizer needs the permutation spec of the params")
-    nfspec.validate(spec)
-    if example_params is not None:
-        nfspec.validate(spec, example_params)
-    for name, value in (("hidden", hidden), ("depth", depth)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
-        raise ValueError(f"clip must be a positive finite number, got {clip!r}")
-    if base not in BASES:
-        raise ValueError(f"unknown base {base!r}; expected one of {BASES}")
-    if not 0 < b2 < 1:
-        raise ValueError(f"b2 must lie strictly between 0 and 1, got {b2!r}")
-    if not eps >= 0:
-        raise ValueError(f"eps must be non-negative, got {eps!r}")
-    initial = {
-        "log_alpha": log_positive(alpha, "alpha"),
-        "log_beta": log_positive(beta, "beta"),
-        "logit_gamma0": logit_unit(gamma0, "gamma0"),
-    }
+    check_network_options(backbone, spec, hidden, depth, example_params)
+    check_rule_options(clip, base, b2, eps)
+    initial = initial_meta_parameters(alpha, beta, gamma0)
     network = build_network(backbone, spec, hidden, depth)
     init_network = jax.jit(network.init)  # one compiled call instead of many eager ops
     clip = float(clip)
@@ -241,34 +294,6 @@ def make_nf_optimizer(
         second = zeros if base == "adam" else None
         return NFOptState(zero_count(), zeros, feats.init_feature_momenta(params), second)
 
-    def base_direction(
-        state: NFOptState, grads: PyTree, gamma0: jax.Array
-    ) -> tuple[PyTree, PyTree, PyTree]:
-        """``(d, momentum, second_moment)`` of the base rule."""
-        if base == "sgdm":
-            momentum = jax.tree_util.tree_map(
-                lambda m, g: (gamma0.astype(m.dtype) * m + g).astype(m.dtype),
-                state.momentum,
-                grads,
-            )
-            return momentum, momentum, None
-        momentum = jax.tree_util.tree_map(
-            lambda m, g: (gamma0 * m + (1 - gamma0) * g).astype(m.dtype), state.momentum, grads
-        )
-        second = jax.tree_util.tree_map(
-            lambda v, g: (b2 * v + (1 - b2) * jnp.square(g)).astype(v.dtype),
-            state.second_moment,
-            grads,
-        )
-        t = (state.count + 1).astype(jnp.float32)
-        correction1, correction2 = 1 - gamma0**t, 1 - b2**t
-        direction = jax.tree_util.tree_map(
-            lambda m, v: ((m / correction1) / (jnp.sqrt(v / correction2) + eps)).astype(m.dtype),
-            momentum,
-            second,
-        )
-        return direction, momentum, second
-
     def update(
         theta: PyTree,
         grads: PyTree,
@@ -280,7 +305,7 @@ def make_nf_optimizer(
         params = require_params(params, backbone)
         check_like(params, grads, "gradients", "params")
         alpha, beta, gamma0 = meta_parameters(theta)
-        direction, momentum, second = base_direction(state, grads, gamma0)
+        direction, momentum, second = base_direction(base, state, grads, gamma0, b2, eps)
         feature_momenta = feats.update_feature_momenta(state.feature_momenta, grads)
         inputs = feats.weight_space_features(params, grads, feature_momenta, state.count, clip)
         outputs = network.apply({"params": theta["network"]}, inputs)
