@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -191,11 +191,76 @@ def unique_labels(labels: Sequence[str]) -> list[str]:
     return out
 
 
+Log = Callable[[str], None]
+"""``log(message)``: where an evaluation reports its progress."""
+
+
+def tune_baselines(task: Any, settings: EvalSettings, log: Log) -> dict[str, SweepResult]:
+    """Each baseline's learning-rate sweep on the tuning seeds, grid extended past an edge
+    its best rate sits on (:func:`~lopt.evaluation.sweep.tune_interior`).
+
+    Returns:
+        ``{baseline: SweepResult}``, in the order of ``settings.baselines``.
+    """
+    sweeps: dict[str, SweepResult] = {}
+    for name, grid in settings.baselines.items():
+        hyper = dict(settings.baseline_hyperparameters.get(name, {}))
+        log(f"tuning {name}: {len(grid)} learning rates x {settings.num_tuning_seeds} seeds")
+        sweeps[name] = tune_interior(
+            task,
+            name,
+            grid,
+            settings.tuning,
+            settings.tuning_steps or settings.num_steps,
+            max_extensions=settings.max_grid_extensions,
+            tail_fraction=settings.tail_fraction,
+            hyperparameters=hyper,
+        )
+        log(f"  {name}: best learning rate {sweeps[name].best_learning_rate:g}")
+    return sweeps
+
+
+def run_trained(
+    task: Any, loaded: LoadedOptimizer, keys: jax.Array, settings: EvalSettings
+) -> OptimizerResult:
+    """A trained optimizer's runs from the evaluation seeds' raw ``(S, 2)`` ``keys``."""
+    trajectory = runner.run_seeds(
+        task,
+        loaded.opt,
+        loaded.theta,
+        keys,
+        settings.num_steps,
+        num_test_batches=settings.num_test_batches,
+    )
+    return OptimizerResult(
+        loaded.label, "trained", loaded.config, loaded.source, trajectory, loaded.meta_training
+    )
+
+
+def run_tuned(
+    task: Any, name: str, sweep: SweepResult, keys: jax.Array, settings: EvalSettings
+) -> OptimizerResult:
+    """The baseline ``name`` at its sweep's best learning rate, from the evaluation seeds'
+    raw ``(S, 2)`` ``keys``."""
+    # A schedule spans the evaluated run, which may be longer than the tuning runs.
+    hyper = with_horizon(name, sweep.hyperparameters, settings.num_steps)
+    opt = make_optimizer(name, task.spec, learning_rate=sweep.best_learning_rate, **hyper)
+    trajectory = runner.run_seeds(
+        task,
+        opt,
+        opt.init_meta(jax.random.key(0)),
+        keys,
+        settings.num_steps,
+        num_test_batches=settings.num_test_batches,
+    )
+    return OptimizerResult(name, "baseline", dict(opt.config), None, trajectory)
+
+
 def evaluate(
     task: Any,
     trained: Sequence[LoadedOptimizer],
     settings: EvalSettings,
-    log: Any = None,
+    log: Log | None = None,
 ) -> EvalResult:
     """Tunes the baselines, then runs every optimizer from the evaluation seeds.
 
@@ -212,57 +277,14 @@ def evaluate(
     measured_on = environment()  # the source's commit as the evaluation starts
     log = log or (lambda message: None)
     keys = seed_keys(settings.seeds)
-    sweeps: dict[str, SweepResult] = {}
-    for name, grid in settings.baselines.items():
-        hyper = dict(settings.baseline_hyperparameters.get(name, {}))
-        log(f"tuning {name}: {len(grid)} learning rates x {settings.num_tuning_seeds} seeds")
-        sweeps[name] = tune_interior(
-            task,
-            name,
-            grid,
-            settings.tuning,
-            settings.tuning_steps or settings.num_steps,
-            max_extensions=settings.max_grid_extensions,
-            tail_fraction=settings.tail_fraction,
-            hyperparameters=hyper,
-        )
-        log(f"  {name}: best learning rate {sweeps[name].best_learning_rate:g}")
-
+    sweeps = tune_baselines(task, settings, log)
     results = []
     for loaded in trained:
         log(f"running {loaded.label} ({loaded.config['name']}) on {settings.num_seeds} seeds")
-        trajectory = runner.run_seeds(
-            task,
-            loaded.opt,
-            loaded.theta,
-            keys,
-            settings.num_steps,
-            num_test_batches=settings.num_test_batches,
-        )
-        results.append(
-            OptimizerResult(
-                loaded.label,
-                "trained",
-                loaded.config,
-                loaded.source,
-                trajectory,
-                loaded.meta_training,
-            )
-        )
+        results.append(run_trained(task, loaded, keys, settings))
     for name, sweep in sweeps.items():
-        # A schedule spans the evaluated run, which may be longer than the tuning runs.
-        hyper = with_horizon(name, sweep.hyperparameters, settings.num_steps)
-        opt = make_optimizer(name, task.spec, learning_rate=sweep.best_learning_rate, **hyper)
         log(f"running tuned {name} on {settings.num_seeds} seeds")
-        trajectory = runner.run_seeds(
-            task,
-            opt,
-            opt.init_meta(jax.random.key(0)),
-            keys,
-            settings.num_steps,
-            num_test_batches=settings.num_test_batches,
-        )
-        results.append(OptimizerResult(name, "baseline", dict(opt.config), None, trajectory))
+        results.append(run_tuned(task, name, sweep, keys, settings))
     labels = unique_labels([result.label for result in results])
     results = [result._replace(label=label) for result, label in zip(results, labels, strict=True)]
     return EvalResult(

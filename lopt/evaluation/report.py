@@ -22,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from lopt.evaluation import stats
-from lopt.evaluation.evaluate import TARGET_BASELINE, EvalResult, generalization, target_loss
+from lopt.evaluation.evaluate import (
+    TARGET_BASELINE,
+    EvalResult,
+    OptimizerResult,
+    generalization,
+    target_loss,
+)
+from lopt.evaluation.sweep import SweepResult
 
 JSON_FILE = "results.json"
 MARKDOWN_FILE = "results.md"
@@ -51,69 +58,84 @@ def _summary(values: np.ndarray) -> dict:
     }
 
 
-def summarize_result(result: EvalResult) -> dict:
-    """Everything about the evaluation as a JSON-serialisable dict."""
+def _optimizer_summary(
+    result: EvalResult, optimizer: OptimizerResult, target: float | None
+) -> dict:
+    """One optimizer's entry of :func:`summarize_result`: its ``(S, T)`` curves, their
+    mean and standard error over the seeds, and the measures derived from them."""
+    tail = result.settings.tail
+    curves = optimizer.trajectory.train_loss
+    mean_curve = stats.finite_mean(curves, axis=0)
+    return {
+        "kind": optimizer.kind,
+        "config": optimizer.config,
+        "source": optimizer.source,
+        "meta_training": optimizer.meta_training,
+        "generalization": generalization(result, optimizer.meta_training),
+        "final_train_loss": _summary(stats.final_loss(curves, tail)),
+        "held_out": {
+            name: _summary(values) for name, values in optimizer.trajectory.test_metrics.items()
+        },
+        "steps_to_target": (
+            None if target is None else stats.steps_to_reach(mean_curve, target, tail)
+        ),
+        "seconds_per_step": optimizer.trajectory.seconds_per_step,
+        "compile_seconds": optimizer.trajectory.compile_seconds,
+        "curve_mean": _numbers(mean_curve),
+        "curve_se": _numbers(stats.standard_error(curves, axis=0)),
+        "train_loss": _numbers(curves),
+    }
+
+
+def _sweep_summary(sweep: SweepResult) -> dict:
+    """A baseline's sweep: its grid, every rate's per-seed final losses and the choice."""
+    return {
+        "hyperparameters": sweep.hyperparameters,
+        "learning_rates": list(sweep.learning_rates),
+        "seeds": list(sweep.seeds),
+        "num_steps": sweep.num_steps,
+        "tail": sweep.tail,
+        "final_losses": _numbers(sweep.final_losses),
+        "scores": _numbers(sweep.scores),
+        "best_learning_rate": sweep.best_learning_rate,
+        "at_grid_edge": sweep.at_grid_edge,
+    }
+
+
+def _settings_summary(result: EvalResult) -> dict:
+    """The settings and seeds of the evaluation, with the definitions its numbers follow."""
     settings = result.settings
     tail = settings.tail
-    target = target_loss(result)
-    optimizers = {}
-    for optimizer in result.optimizers:
-        curves = optimizer.trajectory.train_loss
-        mean_curve = stats.finite_mean(curves, axis=0)
-        optimizers[optimizer.label] = {
-            "kind": optimizer.kind,
-            "config": optimizer.config,
-            "source": optimizer.source,
-            "meta_training": optimizer.meta_training,
-            "generalization": generalization(result, optimizer.meta_training),
-            "final_train_loss": _summary(stats.final_loss(curves, tail)),
-            "held_out": {
-                name: _summary(values) for name, values in optimizer.trajectory.test_metrics.items()
-            },
-            "steps_to_target": (
-                None if target is None else stats.steps_to_reach(mean_curve, target, tail)
-            ),
-            "seconds_per_step": optimizer.trajectory.seconds_per_step,
-            "compile_seconds": optimizer.trajectory.compile_seconds,
-            "curve_mean": _numbers(mean_curve),
-            "curve_se": _numbers(stats.standard_error(curves, axis=0)),
-            "train_loss": _numbers(curves),
-        }
-    sweeps = {
-        name: {
-            "hyperparameters": sweep.hyperparameters,
-            "learning_rates": list(sweep.learning_rates),
-            "seeds": list(sweep.seeds),
-            "num_steps": sweep.num_steps,
-            "tail": sweep.tail,
-            "final_losses": _numbers(sweep.final_losses),
-            "scores": _numbers(sweep.scores),
-            "best_learning_rate": sweep.best_learning_rate,
-            "at_grid_edge": sweep.at_grid_edge,
-        }
-        for name, sweep in result.sweeps.items()
+    return {
+        "num_steps": settings.num_steps,
+        "num_seeds": settings.num_seeds,
+        "seeds": list(settings.seeds),
+        "tuning_seeds": list(settings.tuning) if result.sweeps else [],
+        "tuning_steps": settings.tuning_steps or settings.num_steps,
+        "tail_steps": tail,
+        "num_test_batches": settings.num_test_batches,
+        "final_loss": f"mean training loss over the last {tail} steps of a run",
+        "sweep_criterion": (
+            "lowest mean final training loss over the tuning seeds; a rate with a "
+            "diverged run is excluded"
+        ),
+        "seconds_per_step": f"all {settings.num_seeds} seeds vmapped, compile excluded",
     }
+
+
+def summarize_result(result: EvalResult) -> dict:
+    """Everything about the evaluation as a JSON-serialisable dict."""
+    target = target_loss(result)
     return {
         "paired": paired_differences(result),
         "task": {"name": result.task_name, "config": result.task_config},
-        "settings": {
-            "num_steps": settings.num_steps,
-            "num_seeds": settings.num_seeds,
-            "seeds": list(settings.seeds),
-            "tuning_seeds": list(settings.tuning) if result.sweeps else [],
-            "tuning_steps": settings.tuning_steps or settings.num_steps,
-            "tail_steps": tail,
-            "num_test_batches": settings.num_test_batches,
-            "final_loss": f"mean training loss over the last {tail} steps of a run",
-            "sweep_criterion": (
-                "lowest mean final training loss over the tuning seeds; a rate with a "
-                "diverged run is excluded"
-            ),
-            "seconds_per_step": f"all {settings.num_seeds} seeds vmapped, compile excluded",
-        },
+        "settings": _settings_summary(result),
         "target": {"baseline": TARGET_BASELINE, "final_train_loss": target},
-        "sweeps": sweeps,
-        "optimizers": optimizers,
+        "sweeps": {name: _sweep_summary(sweep) for name, sweep in result.sweeps.items()},
+        "optimizers": {
+            optimizer.label: _optimizer_summary(result, optimizer, target)
+            for optimizer in result.optimizers
+        },
         "environment": result.environment,
     }
 
@@ -153,20 +175,29 @@ def _format(mean: float | None, se: float | None, nonfinite: int = 0, total: int
     return f"{text} ({nonfinite}/{total} diverged)" if nonfinite else text
 
 
-def markdown_table(summary: dict) -> str:
-    """The Markdown report of :func:`summarize_result`'s output."""
-    settings, task = summary["settings"], summary["task"]
-    options = ", ".join(f"{k}={v}" for k, v in task["config"].items() if k != "name")
-    seeds = settings["seeds"]
-    metrics = [
+def _task_options(task: dict) -> str:
+    """``option=value, ...`` of a summary's task (its sizes; the name is shown apart)."""
+    return ", ".join(f"{k}={v}" for k, v in task["config"].items() if k != "name")
+
+
+def _held_out_metrics(summary: dict) -> list[str]:
+    """The :data:`HELD_OUT_METRICS` that at least one optimizer reports."""
+    return [
         name
         for name in HELD_OUT_METRICS
         if any(name in o["held_out"] for o in summary["optimizers"].values())
     ]
+
+
+def _introduction(summary: dict) -> list[str]:
+    """The title and the paragraph saying how every number of the table was measured."""
+    settings = summary["settings"]
+    seeds = settings["seeds"]
     target = summary["target"]["final_train_loss"]
     target_text = "—" if target is None else f"{target:.4g}"
-    lines = [
-        f"# Evaluation on `{task['name']}` ({options})",
+    task = summary["task"]
+    return [
+        f"# Evaluation on `{task['name']}` ({_task_options(task)})",
         "",
         f"{settings['num_steps']} steps from {len(seeds)} evaluation seeds "
         f"({seeds[0]}–{seeds[-1]}); final loss = {settings['final_loss']}; "
@@ -177,11 +208,15 @@ def markdown_table(summary: dict) -> str:
         f"{settings['seconds_per_step']}.",
         "",
     ]
+
+
+def _results_table(summary: dict) -> list[str]:
+    """One row per optimizer: final loss, held-out metrics, steps to target, time."""
+    metrics = _held_out_metrics(summary)
     header = ["optimizer", "final train loss", "held-out loss", *[f"held-out {m}" for m in metrics]]
     header += ["steps to Adam's final loss", "ms / step"]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    total = len(seeds)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    total = len(summary["settings"]["seeds"])
     for label, entry in summary["optimizers"].items():
         final = entry["final_train_loss"]
         name = label if entry["kind"] == "trained" else _baseline_label(label, entry)
@@ -193,6 +228,50 @@ def markdown_table(summary: dict) -> str:
         row.append("—" if steps is None else str(steps))
         row.append(f"{entry['seconds_per_step'] * 1e3:.3g}")
         lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _paired_table(label: str, rows: dict[str, dict]) -> list[str]:
+    """A trained optimizer's paired differences (:func:`paired_differences`)."""
+    lines = [
+        "",
+        f"**{label}, paired over seeds** (its final training loss minus the other's; "
+        "z = mean ÷ standard error of the per-seed differences, below −2: lower by more "
+        "than 2 paired s.e.)",
+        "",
+        "| against | difference | z |",
+        "|---|---|---|",
+    ]
+    for other, entry in rows.items():
+        if entry["mean"] is None:
+            lines.append(f"| {other} | not finite | — |")
+        else:
+            z = "—" if entry["z"] is None else f"{entry['z']:.3g}"
+            lines.append(f"| {other} | {entry['mean']:.4g} ± {entry['se']:.2g} | {z} |")
+    return lines
+
+
+def _sweep_table(name: str, sweep: dict) -> list[str]:
+    """A baseline's sweep: every learning rate of the grid and its mean final loss."""
+    seeds, rates = sweep["seeds"], sweep["learning_rates"]
+    return [
+        "",
+        f"**{name} sweep** ({len(seeds)} tuning seeds {seeds[0]}–"
+        f"{seeds[-1]}, {sweep['num_steps']} steps; mean final training loss, "
+        f"inf = a run diverged): chosen learning rate {sweep['best_learning_rate']:g}"
+        + (" — at the edge of the grid, widen it" if sweep["at_grid_edge"] else ""),
+        "",
+        "| learning rate | " + " | ".join(f"{r:g}" for r in rates) + " |",
+        "|---|" + "---|" * len(rates),
+        "| mean final loss | "
+        + " | ".join("inf" if s is None else f"{s:.4g}" for s in sweep["scores"])
+        + " |",
+    ]
+
+
+def markdown_table(summary: dict) -> str:
+    """The Markdown report of :func:`summarize_result`'s output."""
+    lines = _introduction(summary) + _results_table(summary)
     notes = [
         _generalization_note(label, entry)
         for label, entry in summary["optimizers"].items()
@@ -201,35 +280,9 @@ def markdown_table(summary: dict) -> str:
     if notes:
         lines += ["", *notes]
     for label, rows in summary.get("paired", {}).items():
-        lines += [
-            "",
-            f"**{label}, paired over seeds** (its final training loss minus the other's; "
-            "z = mean ÷ standard error of the per-seed differences, below −2: lower by more "
-            "than 2 paired s.e.)",
-            "",
-            "| against | difference | z |",
-            "|---|---|---|",
-        ]
-        for other, entry in rows.items():
-            if entry["mean"] is None:
-                lines.append(f"| {other} | not finite | — |")
-            else:
-                z = "—" if entry["z"] is None else f"{entry['z']:.3g}"
-                lines.append(f"| {other} | {entry['mean']:.4g} ± {entry['se']:.2g} | {z} |")
+        lines += _paired_table(label, rows)
     for name, sweep in summary["sweeps"].items():
-        lines += [
-            "",
-            f"**{name} sweep** ({len(sweep['seeds'])} tuning seeds {sweep['seeds'][0]}–"
-            f"{sweep['seeds'][-1]}, {sweep['num_steps']} steps; mean final training loss, "
-            f"inf = a run diverged): chosen learning rate {sweep['best_learning_rate']:g}"
-            + (" — at the edge of the grid, widen it" if sweep["at_grid_edge"] else ""),
-            "",
-            "| learning rate | " + " | ".join(f"{r:g}" for r in sweep["learning_rates"]) + " |",
-            "|---|" + "---|" * len(sweep["learning_rates"]),
-            "| mean final loss | "
-            + " | ".join("inf" if s is None else f"{s:.4g}" for s in sweep["scores"])
-            + " |",
-        ]
+        lines += _sweep_table(name, sweep)
     env = summary["environment"]
     commit = f", lopt commit {env['commit']}" if env.get("commit") else ""
     lines += [
@@ -297,10 +350,10 @@ def plot_curves(
         drawn.append(mean)
     if drawn and use_log_scale(drawn, log_y):
         axis.set_yscale("log")
-    task = summary["task"]
-    options = ", ".join(f"{k}={v}" for k, v in task["config"].items() if k != "name")
     # Wrapped: a task with many options (the transformer) would run off the figure.
-    axis.set_title(textwrap.fill(f"{task['name']} ({options})", width=80), fontsize=9)
+    task = summary["task"]
+    title = f"{task['name']} ({_task_options(task)})"
+    axis.set_title(textwrap.fill(title, width=80), fontsize=9)
     axis.set_xlabel("inner step")
     axis.set_ylabel("training loss")
     axis.grid(alpha=0.3, which="both")
