@@ -3,9 +3,10 @@
 Every option of a config group (``configs/<group>/<option>.yaml``) starts from one of these
 dataclasses (its defaults list names ``/schema/<group>/<kind>@_here_``), so Hydra checks
 every override against the schema while composing: a misspelt key or a value of the wrong
-type is an error before any work starts. The task schemas are built from the task
-factories' signatures (:func:`task_schema`), the one place a task's options and defaults
-are defined, so a ``task`` option file only names its schema.
+type is an error before any work starts. The schemas of the tasks, the learned
+optimizers and the estimators are built from their factories' signatures
+(:func:`options_schema`), the one place their options and defaults are defined, so an
+option file only names its schema and sets what differs.
 
 Groups and their schemas:
 
@@ -32,24 +33,25 @@ import dataclasses
 import enum
 import inspect
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from lopt import meta
 from lopt.evaluation.seeds import VALIDATION_SEED_OFFSET
 from lopt.evaluation.validation import DEFAULT_ADAM_GRID
-from lopt.learned.baselines import ADAM_DEFAULTS, SGDM_DEFAULTS
+from lopt.learned import make_adam, make_nf_optimizer, make_sgdm
 from lopt.learned.nf_optimizer import DEFAULTS as NF_DEFAULTS
 from lopt.tasks import task_factory
 
-# -- task -------------------------------------------------------------------------------
+# -- schemas from factory signatures -------------------------------------------------------
 
 
 def _field(option: inspect.Parameter) -> tuple[str, Any, dataclasses.Field]:
-    """A dataclass field of a task option: its type (a sequence as a list, the kind a
+    """A dataclass field of a factory's option: its type (a sequence as a list, the kind a
     structured config holds) and default (``MISSING`` when the factory has none)."""
     kind = Any if option.annotation is inspect.Parameter.empty else option.annotation
     default = MISSING if option.default is inspect.Parameter.empty else option.default
@@ -57,6 +59,40 @@ def _field(option: inspect.Parameter) -> tuple[str, Any, dataclasses.Field]:
         kind = list[typing.get_args(kind)[0]] if typing.get_args(kind) else list
         return option.name, kind, field(default_factory=lambda: list(default))
     return option.name, kind, field(default=default)
+
+
+def options_schema(
+    class_name: str,
+    factory: Callable[..., Any],
+    reference: str,
+    *,
+    target: str | None = None,
+    name: str | None = None,
+    exclude: Sequence[str] = (),
+) -> type:
+    """The structured config of ``factory``'s options, with their types and defaults.
+
+    Args:
+        class_name: the dataclass's name.
+        factory: the function whose parameters are the options.
+        reference: the factory's public dotted name (its docs say it).
+        target: the ``_target_`` the options are passed to (``reference`` if None).
+        name: a ``name`` field's default, for a target that builds by name.
+        exclude: parameters that are no options (set by the caller, not by a config).
+
+    Returns:
+        A dataclass: ``_target_``, ``name`` if given, then the options in signature order.
+    """
+    options = inspect.signature(factory, eval_str=True).parameters.values()
+    fields = [("_target_", str, field(default=target or reference))]
+    if name is not None:
+        fields.append(("name", str, field(default=name)))
+    fields += [_field(option) for option in options if option.name not in exclude]
+    schema = dataclasses.make_dataclass(class_name, fields)
+    schema.__module__ = __name__
+    summary = (inspect.getdoc(factory) or "").split("\n")[0].rstrip(".")
+    schema.__doc__ = f"{summary} (:func:`{reference}`)."
+    return schema
 
 
 def task_schema(class_name: str, task: str) -> type:
@@ -67,16 +103,24 @@ def task_schema(class_name: str, task: str) -> type:
     options and defaults are defined; the config files of the ``task`` group only name the
     schema.
     """
-    factory = task_factory(task)
-    options = inspect.signature(factory, eval_str=True).parameters.values()
-    fields = [("_target_", str, field(default=f"lopt.tasks.{task}"))]
-    fields += [_field(option) for option in options]
-    schema = dataclasses.make_dataclass(class_name, fields)
-    schema.__module__ = __name__
-    summary = (inspect.getdoc(factory) or "").split("\n")[0].rstrip(".")
-    schema.__doc__ = f"{summary} (:func:`lopt.tasks.{task}`)."
-    return schema
+    return options_schema(class_name, task_factory(task), f"lopt.tasks.{task}")
 
+
+def learned_schema(class_name: str, factory: Callable[..., Any], name: str) -> type:
+    """The structured config of a learned optimizer built by name
+    (:func:`lopt.learned.make_optimizer`) from ``factory``'s keyword options; the
+    permutation spec and example params come from the task, not from a config."""
+    return options_schema(
+        class_name,
+        factory,
+        f"lopt.learned.{factory.__name__}",
+        target="lopt.learned.make_optimizer",
+        name=name,
+        exclude=("backbone", "spec", "example_params"),
+    )
+
+
+# -- task -------------------------------------------------------------------------------
 
 MLPTask = task_schema("MLPTask", "mlp_digits")
 MLPFashionTask = task_schema("MLPFashionTask", "mlp_fashion_mnist")
@@ -87,99 +131,43 @@ RNNLM1BTask = task_schema("RNNLM1BTask", "rnn_lm1b")
 TransformerTask = task_schema("TransformerTask", "transformer_text")
 TransformerLM1BTask = task_schema("TransformerLM1BTask", "transformer_lm1b")
 
-
 # -- learned optimizer --------------------------------------------------------------------
 
-
-@dataclass
-class NFOptimizer:
-    """Learned update rule with a neural-functional backbone
-    (:func:`lopt.learned.make_nf_optimizer`); ``name`` is the backbone."""
-
-    _target_: str = "lopt.learned.make_optimizer"
-    name: str = "unf"
-    hidden: int = NF_DEFAULTS["hidden"]
-    depth: int = NF_DEFAULTS["depth"]
-    clip: float = NF_DEFAULTS["clip"]
-    alpha: float = NF_DEFAULTS["alpha"]
-    beta: float = NF_DEFAULTS["beta"]
-    gamma0: float = NF_DEFAULTS["gamma0"]
-    base: str = NF_DEFAULTS["base"]
-    b2: float = NF_DEFAULTS["b2"]
-    eps: float = NF_DEFAULTS["eps"]
-    zero_output: bool = NF_DEFAULTS["zero_output"]
-
-
-@dataclass
-class SGDMOptimizer:
-    """Momentum SGD with meta-learned rate and momentum (:func:`lopt.learned.make_sgdm`)."""
-
-    _target_: str = "lopt.learned.make_optimizer"
-    name: str = "sgdm"
-    learning_rate: float = SGDM_DEFAULTS["learning_rate"]
-    momentum: float = SGDM_DEFAULTS["momentum"]
-
-
-@dataclass
-class AdamOptimizer:
-    """Adam with meta-learned hyperparameters (:func:`lopt.learned.make_adam`)."""
-
-    _target_: str = "lopt.learned.make_optimizer"
-    name: str = "adam"
-    learning_rate: float = ADAM_DEFAULTS["learning_rate"]
-    b1: float = ADAM_DEFAULTS["b1"]
-    b2: float = ADAM_DEFAULTS["b2"]
-    eps: float = ADAM_DEFAULTS["eps"]
-
+NFOptimizer = learned_schema("NFOptimizer", make_nf_optimizer, "unf")
+"""Its ``name`` is the backbone (unf, unf_deep, nfn, deepsets)."""
+SGDMOptimizer = learned_schema("SGDMOptimizer", make_sgdm, "sgdm")
+AdamOptimizer = learned_schema("AdamOptimizer", make_adam, "adam")
 
 # -- meta-gradient estimator --------------------------------------------------------------
 
-
-@dataclass
-class PESEstimator:
-    """Antithetic (persistent) evolution strategies (:func:`lopt.meta.pes`)."""
-
-    _target_: str = "lopt.meta.pes"
-    num_pairs: int = MISSING
-    truncation_length: int = MISSING
-    sigma: float = MISSING
-    stagger: bool = True
-    persistent: bool = True
-
-
-@dataclass
-class TBPTTEstimator:
-    """Truncated backpropagation through time (:func:`lopt.meta.tbptt`)."""
-
-    _target_: str = "lopt.meta.tbptt"
-    num_particles: int = MISSING
-    truncation_length: int = MISSING
-    stagger: bool = True
-
-
-@dataclass
-class ESEstimator:
-    """Antithetic ES over whole episodes (:func:`lopt.meta.full_es`)."""
-
-    _target_: str = "lopt.meta.full_es"
-    num_pairs: int = MISSING
-    sigma: float = MISSING
+PESEstimator = options_schema("PESEstimator", meta.pes, "lopt.meta.pes")
+TBPTTEstimator = options_schema("TBPTTEstimator", meta.tbptt, "lopt.meta.tbptt")
+ESEstimator = options_schema("ESEstimator", meta.full_es, "lopt.meta.full_es")
 
 
 # -- outer optimizer ------------------------------------------------------------------------
 
 
 @dataclass
-class AdamOuter:
-    """Adam on theta after global-norm clipping, with linear warmup
-    (:func:`lopt.cli.common.outer_optimizer`)."""
+class OuterOptimizer:
+    """What every outer optimizer takes: an optax optimizer ``name`` on theta after
+    global-norm clipping, with linear warmup (:func:`lopt.cli.common.outer_optimizer`)."""
 
     _target_: str = "lopt.cli.common.outer_optimizer"
+    name: str = MISSING
+    learning_rate: float = MISSING
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    scalar_learning_rate: float | None = None
+
+
+@dataclass
+class AdamOuter(OuterOptimizer):
+    """Adam on theta after global-norm clipping, with linear warmup."""
+
     name: str = "adam"
     learning_rate: float = 1e-3
     warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    scalar_learning_rate: float | None = None
     b1: float = 0.9
     b2: float = 0.999
     eps: float = 1e-8
@@ -194,15 +182,11 @@ class AdamWOuter(AdamOuter):
 
 
 @dataclass
-class SGDOuter:
+class SGDOuter(OuterOptimizer):
     """(Momentum) SGD on theta after global-norm clipping, with linear warmup."""
 
-    _target_: str = "lopt.cli.common.outer_optimizer"
     name: str = "sgd"
     learning_rate: float = 1e-2
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    scalar_learning_rate: float | None = None
     momentum: float | None = 0.9
     nesterov: bool = False
 
