@@ -16,7 +16,7 @@ import statistics
 import time
 
 import jax
-from bench_unf import add_allocator_option, set_allocator
+from bench_unf import jax_platform, parse_timing_args
 
 import lopt.learned as learned
 import lopt.tasks as tasks
@@ -73,13 +73,8 @@ def main() -> None:
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS))
     parser.add_argument("--steps", type=int, default=20, help="inner steps per timed call")
     parser.add_argument("--rounds", type=int, default=15, help="timed calls per optimizer")
-    add_allocator_option(parser)
-    args = parser.parse_args()
-    print(f"allocator: {set_allocator(args)}")
-    print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; median of {args.rounds} calls "
-        f"of {args.steps} scanned steps"
-    )
+    args = parse_timing_args(parser)
+    print(f"{jax_platform()}; median of {args.rounds} calls of {args.steps} scanned steps")
     header = (
         f"{'task':<18}{'params':>8}"
         + "".join(f"{o + ' ms':>12}" for o in args.optimizers)

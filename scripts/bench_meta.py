@@ -25,7 +25,7 @@ import time
 
 import jax
 import optax
-from bench_unf import add_allocator_option, set_allocator
+from bench_unf import jax_platform, parse_timing_args
 
 import lopt.learned as learned
 import lopt.meta as meta
@@ -124,11 +124,9 @@ def main() -> None:
     parser.add_argument("--episode", type=int, default=200, help="episode length (PES, TBPTT)")
     parser.add_argument("--full-episode", type=int, default=20, help="episode length (full ES)")
     parser.add_argument("--rounds", type=int, default=7, help="timed outer steps per estimator")
-    add_allocator_option(parser)
-    args = parser.parse_args()
-    print(f"allocator: {set_allocator(args)}")
+    args = parse_timing_args(parser)
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; optimizer {args.optimizer}, "
+        f"{jax_platform()}; optimizer {args.optimizer}, "
         f"P={args.pairs} pairs, K={args.truncation}; median of {args.rounds} outer steps"
     )
     print(

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from bench_unf import add_allocator_option, set_allocator
+from bench_unf import jax_platform, parse_timing_args
 
 import lopt.tasks as tasks
 
@@ -152,11 +152,9 @@ def main() -> None:
     parser.add_argument(
         "--big-text-mb", type=int, default=64, help="MB of tokens for the closure test; 0 skips"
     )
-    add_allocator_option(parser)
-    args = parser.parse_args()
-    print(f"allocator: {set_allocator(args)}")
+    args = parse_timing_args(parser)
     print(
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; median of {args.rounds} "
+        f"{jax_platform()}; median of {args.rounds} "
         f"interleaved calls of {args.steps} scanned Adam steps (unroll {args.unroll}); vmap over "
         f"{args.runs} runs"
     )

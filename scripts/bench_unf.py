@@ -255,6 +255,23 @@ def set_allocator(args: argparse.Namespace) -> str:
     )
 
 
+def parse_timing_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The command line's arguments, with ``--default-allocator`` among the options.
+
+    Sets the allocator (:func:`set_allocator`, so call it before any JAX computation) and
+    prints the setting.
+    """
+    add_allocator_option(parser)
+    args = parser.parse_args()
+    print(f"allocator: {set_allocator(args)}")
+    return args
+
+
+def jax_platform() -> str:
+    """``jax <version> on <platform>``: what the timings were measured with."""
+    return f"jax {jax.__version__} on {jax.devices()[0].platform}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
@@ -264,7 +281,7 @@ def main() -> None:
     args = parser.parse_args()
     allocator = set_allocator(args)
     key = jax.random.PRNGKey(0)
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}; widths {CHANNELS}->{WIDTHS}")
+    print(f"{jax_platform()}; widths {CHANNELS}->{WIDTHS}")
     print(f"allocator: {allocator}")
     rows = []
     for space in args.spaces:

@@ -39,13 +39,19 @@ def spec_of(model: nn.Module, params, x):
     return lopt.derive_spec(lambda p, inputs: model.apply({"params": p}, inputs), params, x)
 
 
+def fresh_model(width: int, seed: int = 5):
+    """A ``Classifier`` of ``width``, its initial params on the problem, and their spec."""
+    model = Classifier(width=width)
+    x, _ = problem()
+    params = model.init(jax.random.key(seed), x)["params"]
+    return model, params, spec_of(model, params, x)
+
+
 @pytest.fixture(scope="module")
 def saved_unf(tmp_path_factory):
     """A ``unf`` optimizer saved from a width-8 model's spec."""
-    model = Classifier(width=8)
-    x, _ = problem()
-    params = model.init(jax.random.key(0), x)["params"]
-    opt = lopt.make_optimizer("unf", spec_of(model, params, x), hidden=8)
+    _, params, spec = fresh_model(8, seed=0)
+    opt = lopt.make_optimizer("unf", spec, hidden=8)
     theta = opt.init_meta(jax.random.key(1), params)
     path = lopt.save_optimizer(tmp_path_factory.mktemp("saved") / "unf", opt, theta)
     return path, theta
@@ -76,10 +82,8 @@ def train_with(optimizer: optax.GradientTransformation, model: nn.Module, steps:
 
 def test_loaded_optimizer_trains_a_fresh_model_in_a_plain_optax_loop(saved_unf):
     path, _ = saved_unf
-    model = Classifier(width=8)
-    x, _ = problem()
-    params = model.init(jax.random.key(5), x)["params"]
-    optimizer = lopt.load_optimizer(path, spec=spec_of(model, params, x))
+    model, _, spec = fresh_model(8)
+    optimizer = lopt.load_optimizer(path, spec=spec)
     losses = train_with(optimizer, model)
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.6 * losses[0], losses[:: len(losses) // 5]
@@ -87,10 +91,8 @@ def test_loaded_optimizer_trains_a_fresh_model_in_a_plain_optax_loop(saved_unf):
 
 def test_loaded_optimizer_works_inside_optax_chain_with_clipping(saved_unf):
     path, _ = saved_unf
-    model = Classifier(width=8)
-    x, _ = problem()
-    params = model.init(jax.random.key(5), x)["params"]
-    learned = lopt.load_optimizer(path, spec=spec_of(model, params, x))
+    model, _, spec = fresh_model(8)
+    learned = lopt.load_optimizer(path, spec=spec)
     clipped = optax.chain(optax.clip_by_global_norm(0.1), learned)
     losses = train_with(clipped, model)
     assert losses[-1] < 0.6 * losses[0]
@@ -105,10 +107,8 @@ def test_saved_theta_round_trips_exactly(saved_unf):
 
 def test_optimizer_saved_at_one_width_applies_to_a_wider_model(saved_unf):
     path, theta = saved_unf
-    wide = Classifier(width=48)
-    x, _ = problem()
-    params = wide.init(jax.random.key(5), x)["params"]
-    opt, loaded = lopt.load_learned_optimizer(path, spec=spec_of(wide, params, x))
+    wide, _, spec = fresh_model(48)
+    opt, loaded = lopt.load_learned_optimizer(path, spec=spec)
     # the same meta-parameters, unchanged, serve the wider weight space
     jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(theta))
     losses = train_with(lopt.as_optax(opt, loaded), wide)
@@ -117,10 +117,8 @@ def test_optimizer_saved_at_one_width_applies_to_a_wider_model(saved_unf):
 
 def test_update_needs_params(saved_unf):
     path, _ = saved_unf
-    model = Classifier(width=8)
-    x, _ = problem()
-    params = model.init(jax.random.key(5), x)["params"]
-    optimizer = lopt.load_optimizer(path, spec=spec_of(model, params, x))
+    _, params, spec = fresh_model(8)
+    optimizer = lopt.load_optimizer(path, spec=spec)
     state = optimizer.init(params)
     with pytest.raises(ValueError, match="needs the current params"):
         optimizer.update(params, state)
@@ -128,11 +126,8 @@ def test_update_needs_params(saved_unf):
 
 def test_spec_or_params_that_do_not_fit_are_reported(saved_unf):
     path, _ = saved_unf
-    small, large = Classifier(width=8), Classifier(width=12)
-    x, _ = problem()
-    small_params = small.init(jax.random.key(0), x)["params"]
-    large_params = large.init(jax.random.key(0), x)["params"]
-    spec = spec_of(small, small_params, x)
+    _, _, spec = fresh_model(8, seed=0)
+    _, large_params, _ = fresh_model(12, seed=0)
     optimizer = lopt.load_optimizer(path, spec=spec)
     optimizer.init(large_params)  # same architecture, other width: fine
     # params whose hidden sizes disagree between the tensors sharing a neuron permutation

@@ -198,6 +198,24 @@ def random_variables(module: nn.Module, seed: int, x) -> dict:
     return jax.tree_util.tree_map(draw, shapes)
 
 
+def outputs_under_permutation(net: nn.Module, variables: dict, spec, x, key):
+    """``(perms, net(permuted x), net(x))`` for random permutations ``perms`` of the ids
+    of ``spec``, drawn with ``key``."""
+    perms = random_permutations(key, spec, x)
+    apply = jax.jit(net.apply)
+    return perms, apply(variables, permute(x, spec, perms)), apply(variables, x)
+
+
+def drawn_net_outputs(make_net, tensors, channels: int, seed: int):
+    """``(spec, perms, net(permuted x), net(x))`` of ``make_net(spec)`` with variables
+    drawn by :func:`random_variables`, on a drawn weight space of ``channels`` channels."""
+    spec, x = build(tensors, channels, jax.random.PRNGKey(seed))
+    net = make_net(spec)
+    variables = random_variables(net, seed + 1, x)
+    key = jax.random.PRNGKey(seed + 2)
+    return spec, *outputs_under_permutation(net, variables, spec, x, key)
+
+
 @SETTINGS
 @given(tensors=weight_spaces(), seed=st.integers(0, 2**16))
 def test_fast_layer_equals_oracle(tensors, seed):
@@ -264,26 +282,17 @@ def test_transposed_leaves_stack_and_equal_the_oracle():
 @SETTINGS
 @given(tensors=weight_spaces(max_tensors=5), seed=st.integers(0, 2**16))
 def test_unf_stack_is_equivariant(tensors, seed):
-    spec, x = build(tensors, 3, jax.random.PRNGKey(seed))
-    net = NeuralFunctional(spec, pointwise=(4,), equivariant=(5, 2))
-    variables = random_variables(net, seed + 1, x)
-    perms = random_permutations(jax.random.PRNGKey(seed + 2), spec, x)
-    apply = jax.jit(net.apply)
-    out = apply(variables, permute(x, spec, perms))
-    assert max_abs_diff(out, permute(apply(variables, x), spec, perms)) < 1e-4
+    make_net = lambda spec: NeuralFunctional(spec, pointwise=(4,), equivariant=(5, 2))
+    spec, perms, out, plain = drawn_net_outputs(make_net, tensors, 3, seed)
+    assert max_abs_diff(out, permute(plain, spec, perms)) < 1e-4
 
 
 @SETTINGS
 @given(tensors=weight_spaces(max_tensors=4), seed=st.integers(0, 2**16))
 def test_invariant_network_is_invariant(tensors, seed):
-    spec, x = build(tensors, 2, jax.random.PRNGKey(seed))
-    net = InvariantNetwork(spec, equivariant=(4,), head=(8, 3))
-    variables = random_variables(net, seed + 1, x)
-    perms = random_permutations(jax.random.PRNGKey(seed + 2), spec, x)
-    apply = jax.jit(net.apply)
-    np.testing.assert_allclose(
-        apply(variables, permute(x, spec, perms)), apply(variables, x), atol=1e-4
-    )
+    make_net = lambda spec: InvariantNetwork(spec, equivariant=(4,), head=(8, 3))
+    _, _, out, plain = drawn_net_outputs(make_net, tensors, 2, seed)
+    np.testing.assert_allclose(out, plain, atol=1e-4)
 
 
 def transformer_like_space(d=4, heads=2, head_dim=3, ff=5, vocab=6, seq=3, blocks=2):
@@ -322,10 +331,8 @@ def test_transformer_space_equivariance_with_shared_residual_id():
     }
     net = NeuralFunctional(spec, equivariant=(4, 1))
     variables = jax.jit(net.init)(key, x)
-    perms = random_permutations(jax.random.PRNGKey(1), spec, x)
-    apply = jax.jit(net.apply)
-    out = apply(variables, permute(x, spec, perms))
-    assert max_abs_diff(out, permute(apply(variables, x), spec, perms)) < 1e-4
+    perms, out, plain = outputs_under_permutation(net, variables, spec, x, jax.random.PRNGKey(1))
+    assert max_abs_diff(out, permute(plain, spec, perms)) < 1e-4
 
 
 def test_conv_space_fixed_spatial_axes_and_nfn():
@@ -345,10 +352,10 @@ def test_conv_space_fixed_spatial_axes_and_nfn():
     for kind, ids_spec in [("unf", spec), ("nfn", nfn_spec(spec))]:
         net = NeuralFunctional(spec, pointwise=(3,), equivariant=(2,), kind=kind)
         variables = jax.jit(net.init)(key, x)
-        perms = random_permutations(jax.random.PRNGKey(1), ids_spec, x)
-        apply = jax.jit(net.apply)
-        out = apply(variables, permute(x, ids_spec, perms))
-        assert max_abs_diff(out, permute(apply(variables, x), ids_spec, perms)) < 1e-4
+        perms, out, plain = outputs_under_permutation(
+            net, variables, ids_spec, x, jax.random.PRNGKey(1)
+        )
+        assert max_abs_diff(out, permute(plain, ids_spec, perms)) < 1e-4
     # NFN mixes spatial positions densely, UNF shares weights across them: NFN is larger
     unf = jax.eval_shape(NeuralFunctional(spec, equivariant=(2,)).init, key, x)
     nfn = jax.eval_shape(NeuralFunctional(spec, equivariant=(2,), kind="nfn").init, key, x)
