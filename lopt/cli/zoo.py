@@ -1,0 +1,96 @@
+"""``lopt-zoo``: generate a model zoo (a Hydra app, like ``lopt-train``).
+
+    lopt-zoo zoo=rnn                     # 2,000 GRU adders into zoos/rnn
+    lopt-zoo zoo=cnn zoo.count=1000      # small CNNs on the 8x8 digits into zoos/cnn
+    lopt-zoo -m zoo=rnn,cnn              # both
+
+Rerunning with a larger ``zoo.count`` appends shards; other changed settings are refused.
+The zoo directory gets ``manifest.json`` and ``shard_*.npz`` (see :mod:`lopt.zoo.storage`);
+the run directory gets ``summary.json`` (size, time, metric spread).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from lopt.zoo import (
+    HyperparameterRanges,
+    ZooFormatError,
+    ZooSettings,
+    generate_zoo,
+    load_zoo,
+    make_problem,
+)
+
+
+def settings_from_config(zoo_cfg: DictConfig) -> ZooSettings:
+    """The :class:`ZooSettings` a ``zoo`` config group describes."""
+    ranges: dict[str, Any] = OmegaConf.to_container(zoo_cfg.ranges, resolve=True)
+    return ZooSettings(
+        count=int(zoo_cfg.count),
+        shard_size=int(zoo_cfg.shard_size),
+        ranges=HyperparameterRanges(**{key: tuple(value) for key, value in ranges.items()}),
+    )
+
+
+def metric_spread(values: np.ndarray) -> dict[str, float]:
+    """Mean, deviation and quantiles of one metric over a zoo."""
+    quantiles = np.quantile(values, [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0])
+    names = ("min", "q10", "q25", "median", "q75", "q90", "max")
+    return {"mean": float(np.mean(values)), "std": float(np.std(values))} | {
+        name: float(q) for name, q in zip(names, quantiles, strict=True)
+    }
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Generates (or resumes) the configured zoo and writes ``summary.json``."""
+    options = OmegaConf.to_container(cfg.zoo.options, resolve=True)
+    problem = make_problem(cfg.zoo.problem, **options)
+    directory = Path(to_absolute_path(cfg.zoo.path))
+    start = time.perf_counter()
+    generate_zoo(
+        directory,
+        problem,
+        settings_from_config(cfg.zoo),
+        int(cfg.seed),
+        progress=bool(cfg.progress),
+    )
+    zoo = load_zoo(directory)
+    summary = {
+        "zoo": str(directory),
+        "networks": zoo.size,
+        "seconds_this_run": round(time.perf_counter() - start, 1),
+        "seconds_all_shards": round(sum(s["seconds"] for s in zoo.manifest["shards"]), 1),
+        "metrics": {
+            name: metric_spread(values[np.isfinite(values)]) for name, values in zoo.metrics.items()
+        },
+        "non_finite": {name: int((~np.isfinite(v)).sum()) for name, v in zoo.metrics.items()},
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="zoo")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``lopt-zoo``."""
+    try:
+        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (ZooFormatError, ValueError) as err:
+        print(f"lopt-zoo: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Training a predictor on a zoo's train split, early-stopped on the validation split.
+
+The target is standardised with the train split's mean and deviation and fitted by mean
+squared error with Adam; after every epoch the validation Kendall τ is measured and the
+best params so far are kept; training stops after ``patience`` epochs without improvement.
+One epoch is one jitted ``lax.scan`` over shuffled minibatches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.predict.features import Standardizer, finite_networks, fit_standardizer, weight_features
+from lopt.predict.kendall import kendall_tau
+from lopt.predict.models import make_predictor
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class FitSettings:
+    """Predictor training settings.
+
+    Attributes:
+        learning_rate: Adam's learning rate.
+        weight_decay: decoupled weight decay (AdamW).
+        batch_size: networks per minibatch.
+        max_epochs: most passes over the train split.
+        patience: epochs without a better validation τ before stopping.
+    """
+
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    max_epochs: int = 60
+    patience: int = 10
+
+
+class Split(NamedTuple):
+    """Indices of a zoo's train, validation and test networks."""
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+
+
+class FitResult(NamedTuple):
+    """A trained predictor.
+
+    Attributes:
+        params: the predictor's params at the best validation epoch.
+        best_epoch: that epoch (0-based).
+        validation_taus: validation τ after every epoch run.
+    """
+
+    params: PyTree
+    best_epoch: int
+    validation_taus: list[float]
+
+
+def split_zoo(size: int, fractions: tuple[float, float, float], seed: int) -> Split:
+    """A fixed random split of ``size`` networks by ``(train, validation, test)`` fractions."""
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-6:
+        raise ValueError(f"split fractions must be three positive shares summing to 1: {fractions}")
+    order = np.random.default_rng(seed).permutation(size)
+    first = round(size * fractions[0])
+    second = first + round(size * fractions[1])
+    if first < 2 or second - first < 2 or size - second < 2:
+        raise ValueError(f"a zoo of {size} networks is too small for the split {fractions}")
+    return Split(order[:first], order[first:second], order[second:])
+
+
+def make_batched_apply(module: nn.Module):
+    """``apply(params, features)`` over a leading batch axis, returning ``(B,)``."""
+    return jax.vmap(lambda params, x: module.apply(params, x)[0], in_axes=(None, 0))
+
+
+def fit_predictor(
+    module: nn.Module,
+    features: PyTree,
+    targets: np.ndarray,
+    split: Split,
+    key: jax.Array,
+    settings: FitSettings,
+) -> FitResult:
+    """Trains ``module`` to predict ``targets`` from ``features`` (leading axis: networks).
+
+    Args:
+        module: a predictor from :func:`lopt.predict.make_predictor`.
+        features: feature tree, leaves ``(N, *shape, 1)``.
+        targets: ``(N,)`` metric to predict.
+        split: which networks train and which validate.
+        key: PRNG key for the init and the minibatch order.
+        settings: the training settings.
+
+    Returns:
+        The best params by validation τ.
+    """
+    if len(split.train) < settings.batch_size:
+        raise ValueError(
+            f"the train split ({len(split.train)}) is smaller than a batch ({settings.batch_size})"
+        )
+    take = lambda tree, idx: jax.tree_util.tree_map(lambda x: jnp.asarray(x[idx]), tree)
+    train_x, val_x = take(features, split.train), take(features, split.validation)
+    mean, std = float(np.mean(targets[split.train])), float(np.std(targets[split.train]) + 1e-8)
+    train_y = jnp.asarray((targets[split.train] - mean) / std, jnp.float32)
+    val_y = jnp.asarray(targets[split.validation], jnp.float32)
+
+    init_key, order_key = jax.random.split(key)
+    one = jax.tree_util.tree_map(lambda x: x[0], train_x)
+    params = module.init(init_key, one)
+    optimizer = optax.adamw(settings.learning_rate, weight_decay=settings.weight_decay)
+    batched = make_batched_apply(module)
+    steps_per_epoch = len(split.train) // settings.batch_size
+
+    # the data are arguments, not closed-over constants, which XLA would constant-fold
+    @jax.jit
+    def run_epoch(params, opt_state, epoch_key, train_x, train_y, val_x, val_y):
+        order = jax.random.permutation(epoch_key, len(split.train))
+        batches = order[: steps_per_epoch * settings.batch_size].reshape(steps_per_epoch, -1)
+
+        def step(carry, batch):
+            params, opt_state = carry
+            loss_fn = lambda p: jnp.mean((batched(p, take(train_x, batch)) - train_y[batch]) ** 2)
+            grads = jax.grad(loss_fn)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (params, opt_state), _ = jax.lax.scan(step, (params, opt_state), batches)
+        return params, opt_state, kendall_tau(batched(params, val_x), val_y)
+
+    opt_state = optimizer.init(params)
+    best_params, best_tau, best_epoch, taus = params, -np.inf, 0, []
+    for epoch in range(settings.max_epochs):
+        epoch_key = jax.random.fold_in(order_key, epoch)
+        params, opt_state, tau = run_epoch(
+            params, opt_state, epoch_key, train_x, train_y, val_x, val_y
+        )
+        tau = float(tau)
+        taus.append(tau)
+        if np.isfinite(tau) and tau > best_tau:
+            best_params, best_tau, best_epoch = params, tau, epoch
+        elif epoch - best_epoch >= settings.patience:
+            break
+    return FitResult(best_params, best_epoch, taus)
+
+
+class Evaluation(NamedTuple):
+    """A predictor's held-out result.
+
+    Attributes:
+        tau: Kendall τ between predictions and true metrics on the test split.
+        predictions: ``(N_test,)`` predictions (in the metric's units).
+        targets: ``(N_test,)`` true metrics.
+        best_epoch: the early-stopping epoch.
+        kept: number of networks used (finite weights).
+    """
+
+    tau: float
+    predictions: np.ndarray
+    targets: np.ndarray
+    best_epoch: int
+    kept: int
+
+
+def run_prediction(
+    params: PyTree,
+    spec: PyTree,
+    targets: np.ndarray,
+    kind: str,
+    seed: int,
+    *,
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_seed: int = 0,
+    model_options: dict[str, Any] | None = None,
+    settings: FitSettings = FitSettings(),
+) -> Evaluation:
+    """Trains predictor ``kind`` on a zoo and measures its test τ.
+
+    Networks with non-finite weights are dropped first. The split is fixed by
+    ``split_seed``; ``seed`` changes the predictor's init and minibatch order.
+
+    Args:
+        params: zoo params, leaves ``(N, *shape)``.
+        spec: the zoo's permutation spec.
+        targets: ``(N,)`` metric to predict.
+        kind: predictor name (:data:`lopt.predict.PREDICTORS`).
+        seed: the predictor's seed.
+        split_fractions: train, validation, test shares.
+        split_seed: seed of the split.
+        model_options: keyword arguments of :func:`make_predictor`.
+        settings: training settings.
+
+    Returns:
+        The :class:`Evaluation` on the test split.
+    """
+    keep = finite_networks(params) & np.isfinite(targets)
+    params = jax.tree_util.tree_map(lambda w: w[keep], params)
+    targets = np.asarray(targets)[keep]
+    split = split_zoo(len(targets), split_fractions, split_seed)
+    standardizer: Standardizer = fit_standardizer(
+        jax.tree_util.tree_map(lambda w: w[split.train], params)
+    )
+    features = weight_features(params, standardizer)
+    module = make_predictor(kind, spec, **(model_options or {}))
+    fit = fit_predictor(module, features, targets, split, jax.random.key(seed), settings)
+    test_x = jax.tree_util.tree_map(lambda x: x[split.test], features)
+    scores = np.asarray(jax.jit(make_batched_apply(module))(fit.params, test_x))
+    mean, std = np.mean(targets[split.train]), np.std(targets[split.train]) + 1e-8
+    predictions = scores * std + mean
+    test_y = targets[split.test]
+    tau = float(kendall_tau(jnp.asarray(predictions), jnp.asarray(test_y)))
+    return Evaluation(tau, predictions, test_y, fit.best_epoch, int(keep.sum()))

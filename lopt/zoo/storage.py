@@ -1,0 +1,286 @@
+"""The on-disk zoo format: ``.npz`` shards and a JSON manifest (no pickle anywhere).
+
+``manifest.json`` holds ``format`` (``"lopt-zoo"``), ``version``, the generation
+``description`` (problem, options, seed, hyperparameter ranges), the permutation ``spec``
+(one list of encoded ids per tensor path), the tensor ``shapes`` and one entry per shard:
+its file name, first network index, count, SHA-256 and generation time. A shard
+``shard_00000.npz`` holds ``index`` ``(n,)``, ``params/<path>`` ``(n, *shape)``,
+``hyper/<name>`` and ``metrics/<name>`` ``(n,)``.
+
+The manifest is rewritten (atomically) after every shard, so an interrupted generation
+resumes from the last complete shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+import lopt.nf as nf
+
+PyTree = Any
+
+FORMAT_NAME = "lopt-zoo"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_SEPARATOR = "/"
+
+
+class ZooFormatError(ValueError):
+    """A zoo directory is missing, damaged, of another format, or from other settings."""
+
+
+class Zoo(NamedTuple):
+    """A loaded zoo.
+
+    Attributes:
+        params: the networks' params, nested like one network's, leaves ``(N, *shape)``.
+        hyperparameters: ``{name: (N,)}``.
+        metrics: ``{name: (N,)}`` test metrics.
+        spec: the permutation spec of one network's params.
+        manifest: the manifest as read.
+    """
+
+    params: PyTree
+    hyperparameters: dict[str, np.ndarray]
+    metrics: dict[str, np.ndarray]
+    spec: PyTree
+    manifest: dict[str, Any]
+
+    @property
+    def size(self) -> int:
+        """Number of networks."""
+        return len(next(iter(self.metrics.values())))
+
+
+def _encode_id(perm_id: Any) -> Any:
+    if perm_id is None:
+        return None
+    for kind, cls in (("spatial", nf.Spatial), ("by_choice", nf.ByChoice)):
+        if isinstance(perm_id, cls):
+            if not isinstance(perm_id.name, str):
+                raise ZooFormatError(f"only string id names can be stored, got {perm_id!r}")
+            return {kind: perm_id.name}
+    if not isinstance(perm_id, str):
+        raise ZooFormatError(f"only string permutation ids can be stored, got {perm_id!r}")
+    return {"id": perm_id}
+
+
+def _decode_id(entry: Any) -> Any:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or len(entry) != 1:
+        raise ZooFormatError(f"bad permutation id entry {entry!r} in the manifest's spec")
+    ((kind, name),) = entry.items()
+    decoders = {"id": lambda n: n, "by_choice": nf.ByChoice, "spatial": nf.Spatial}
+    if kind not in decoders:
+        raise ZooFormatError(f"unknown permutation id kind {kind!r} in the manifest's spec")
+    return decoders[kind](name)
+
+
+def _path_name(path: tuple) -> str:
+    return _SEPARATOR.join(str(getattr(part, "key", part)) for part in path)
+
+
+def flatten(tree: PyTree) -> dict[str, Any]:
+    """A nested dict of leaves as ``{"a/b/c": leaf}`` (spec tuples count as leaves)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=nf.is_axes)[0]
+    return {_path_name(path): leaf for path, leaf in leaves}
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of :func:`flatten` for nested dicts."""
+    tree: dict[str, Any] = {}
+    for name, leaf in flat.items():
+        node = tree
+        *parents, last = name.split(_SEPARATOR)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = leaf
+    return tree
+
+
+def encode_spec(spec: PyTree) -> dict[str, list]:
+    """A spec as JSON: ``{tensor path: [encoded id per axis]}``."""
+    return {name: [_encode_id(a) for a in axes] for name, axes in flatten(spec).items()}
+
+
+def decode_spec(encoded: dict[str, list]) -> PyTree:
+    """Inverse of :func:`encode_spec`."""
+    return unflatten({name: tuple(_decode_id(a) for a in axes) for name, axes in encoded.items()})
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json_atomically(path: Path, content: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(content, indent=1, sort_keys=True))
+    os.replace(temporary, path)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    """Reads and checks a zoo's manifest.
+
+    Raises:
+        ZooFormatError: no manifest, unreadable JSON, another format or an unknown version.
+    """
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise ZooFormatError(f"{directory} is not a zoo: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ZooFormatError(f"{path} is not valid JSON: {err}") from err
+    if manifest.get("format") != FORMAT_NAME:
+        raise ZooFormatError(f"{path} has format {manifest.get('format')!r}, not {FORMAT_NAME!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ZooFormatError(
+            f"{path} is format version {manifest.get('version')!r}; this lopt reads version "
+            f"{FORMAT_VERSION}"
+        )
+    return manifest
+
+
+class ShardWriter:
+    """Appends shards to a zoo directory, creating it or resuming it.
+
+    Args:
+        directory: the zoo directory.
+        description: how the zoo is generated; a resumed zoo must match it exactly.
+        spec: the networks' permutation spec.
+    """
+
+    def __init__(self, directory: str | Path, description: dict[str, Any], spec: PyTree):
+        self.directory = Path(directory)
+        description = json.loads(json.dumps(description))  # tuples to lists, as stored
+        if (self.directory / MANIFEST).exists():
+            self.manifest = read_manifest(self.directory)
+            if self.manifest["description"] != description:
+                raise ZooFormatError(
+                    f"{self.directory} holds a zoo generated with other settings:\n"
+                    f"  stored:    {self.manifest['description']}\n  requested: {description}"
+                )
+            verify_shards(self.directory, self.manifest)
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self.manifest = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "description": description,
+                "spec": encode_spec(spec),
+                "shards": [],
+            }
+
+    @property
+    def count(self) -> int:
+        """Networks stored so far."""
+        return sum(shard["count"] for shard in self.manifest["shards"])
+
+    def append(
+        self,
+        indices: np.ndarray,
+        params: PyTree,
+        hyperparameters: dict[str, np.ndarray],
+        metrics: dict[str, np.ndarray],
+        seconds: float,
+    ) -> None:
+        """Writes one shard (networks ``indices``) and records it in the manifest."""
+        if len(indices) == 0 or indices[0] != self.count:
+            raise ValueError(f"shard must start at network {self.count}, got {indices[:1]}")
+        arrays = {"index": np.asarray(indices)}
+        arrays |= {f"params/{k}": np.asarray(v) for k, v in flatten(params).items()}
+        arrays |= {f"hyper/{k}": np.asarray(v) for k, v in hyperparameters.items()}
+        arrays |= {f"metrics/{k}": np.asarray(v) for k, v in metrics.items()}
+        name = f"shard_{len(self.manifest['shards']):05d}.npz"
+        temporary = self.directory / (name + ".tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(temporary, self.directory / name)
+        self.manifest.setdefault(
+            "shapes", {k: list(np.shape(v)[1:]) for k, v in flatten(params).items()}
+        )
+        self.manifest["shards"].append(
+            {
+                "file": name,
+                "first_index": int(indices[0]),
+                "count": len(indices),
+                "sha256": sha256(self.directory / name),
+                "seconds": round(seconds, 3),
+            }
+        )
+        _write_json_atomically(self.directory / MANIFEST, self.manifest)
+
+
+def verify_shards(directory: Path, manifest: dict[str, Any]) -> None:
+    """Checks that every shard exists and has its recorded SHA-256.
+
+    Raises:
+        ZooFormatError: naming the missing or damaged shard.
+    """
+    for shard in manifest["shards"]:
+        path = Path(directory) / shard["file"]
+        if not path.is_file():
+            raise ZooFormatError(f"shard {path} listed in the manifest is missing")
+        actual = sha256(path)
+        if actual != shard["sha256"]:
+            raise ZooFormatError(
+                f"shard {path} is damaged: its SHA-256 is {actual}, the manifest records "
+                f"{shard['sha256']}; regenerate it (delete it and the entries after it)"
+            )
+
+
+def load_zoo(directory: str | Path) -> Zoo:
+    """Loads a zoo, verifying every shard's hash.
+
+    Raises:
+        ZooFormatError: a missing/invalid manifest, a missing or damaged shard, or shards
+            whose contents disagree with the manifest.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if not manifest["shards"]:
+        raise ZooFormatError(f"zoo {directory} has no shards yet")
+    verify_shards(directory, manifest)
+    parts: dict[str, list[np.ndarray]] = {}
+    expected = 0
+    for shard in manifest["shards"]:
+        with np.load(directory / shard["file"], allow_pickle=False) as data:
+            index = data["index"]
+            if len(index) != shard["count"] or index[0] != expected:
+                raise ZooFormatError(
+                    f"shard {shard['file']} holds networks {index[0]}.. ({len(index)}), the "
+                    f"manifest says {expected}.. ({shard['count']})"
+                )
+            expected += len(index)
+            for key in data.files:
+                parts.setdefault(key, []).append(data[key])
+    arrays = {key: np.concatenate(chunks) for key, chunks in parts.items()}
+    group = lambda prefix: {
+        key[len(prefix) :]: value for key, value in arrays.items() if key.startswith(prefix)
+    }
+    params = group("params/")
+    if set(params) != set(manifest["spec"]):
+        raise ZooFormatError(
+            f"zoo {directory}: shard tensors {sorted(params)} differ from the spec's "
+            f"{sorted(manifest['spec'])}"
+        )
+    return Zoo(
+        params=unflatten(params),
+        hyperparameters=group("hyper/"),
+        metrics=group("metrics/"),
+        spec=decode_spec(manifest["spec"]),
+        manifest=manifest,
+    )

@@ -1,0 +1,126 @@
+"""Zoo generation and the on-disk zoo format."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import lopt.nf as nf
+import lopt.tasks
+from lopt.zoo import (
+    HyperparameterRanges,
+    ZooFormatError,
+    ZooSettings,
+    addition_problems,
+    decode_spec,
+    encode_spec,
+    generate_zoo,
+    load_zoo,
+    make_problem,
+)
+
+TINY_RANGES = HyperparameterRanges(steps=(2, 6), batch_sizes=(4, 8))
+
+
+@pytest.fixture(scope="module")
+def tiny_problem():
+    return make_problem("cnn_digits", channels=(3,))
+
+
+@pytest.fixture(scope="module")
+def tiny_zoo_dir(tmp_path_factory, tiny_problem):
+    directory = tmp_path_factory.mktemp("zoo") / "cnn"
+    settings = ZooSettings(count=6, shard_size=3, ranges=TINY_RANGES)
+    generate_zoo(directory, tiny_problem, settings, seed=3, progress=False)
+    return directory
+
+
+def test_addition_problems_are_correct_sums():
+    data = addition_problems(2)
+    inputs, targets = data["train"]["inputs"], data["train"]["targets"]
+    assert len(inputs) + len(data["test"]["inputs"]) == 10_000
+    a = inputs[:, 0] + 10 * inputs[:, 1]
+    b = inputs[:, 3] + 10 * inputs[:, 4]
+    answer = targets @ np.array([1, 10, 100])
+    np.testing.assert_array_equal(answer, a + b)
+
+
+def test_rnn_spec_is_derived_and_a_true_symmetry():
+    problem = make_problem("rnn_addition", hidden_size=6)
+    params = problem.init(jax.random.key(0))
+    hidden = nf.symmetry_ids(problem.spec)
+    assert len(hidden) == 1  # one GRU hidden space: both recurrent axes, biases, readout
+    (hidden_id,) = hidden
+    assert problem.spec["gru"]["hz"]["kernel"] == (hidden_id, hidden_id)
+    assert problem.spec["readout"]["kernel"][0] == hidden_id
+    inputs = problem.train_inputs[:4]
+    report = lopt.tasks.check_symmetry(
+        problem.apply, params, problem.spec, jax.random.key(1), inputs=inputs
+    )
+    assert max(report.errors.values()) <= report.tolerance
+
+
+def test_spec_encoding_round_trips(tiny_problem):
+    encoded = json.loads(json.dumps(encode_spec(tiny_problem.spec)))
+    assert decode_spec(encoded) == tiny_problem.spec
+
+
+def test_zoo_round_trip_and_resume_match_one_shot(tiny_zoo_dir, tiny_problem, tmp_path):
+    zoo = load_zoo(tiny_zoo_dir)
+    assert zoo.size == 6
+    assert zoo.spec == tiny_problem.spec
+    assert len(zoo.manifest["shards"]) == 2
+    assert set(zoo.metrics) == {"test_accuracy", "test_loss"}
+    assert set(zoo.hyperparameters) >= {"learning_rate", "batch_size", "num_steps"}
+    assert zoo.params["Conv_0"]["kernel"].shape == (6, 3, 3, 1, 3)
+    # resume: 3 networks first, then the rest appended; identical to the one-shot zoo
+    resumed = tmp_path / "resumed"
+    for count in (3, 6):
+        settings = ZooSettings(count=count, shard_size=3, ranges=TINY_RANGES)
+        generate_zoo(resumed, tiny_problem, settings, seed=3, progress=False)
+    again = load_zoo(resumed)
+    for a, b in zip(
+        jax.tree_util.tree_leaves(zoo.params), jax.tree_util.tree_leaves(again.params), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(zoo.metrics["test_accuracy"], again.metrics["test_accuracy"])
+
+
+def test_resume_with_other_settings_is_refused(tiny_zoo_dir, tiny_problem):
+    settings = ZooSettings(count=9, shard_size=3, ranges=TINY_RANGES)
+    with pytest.raises(ZooFormatError, match="other settings"):
+        generate_zoo(tiny_zoo_dir, tiny_problem, settings, seed=4, progress=False)
+
+
+def test_damaged_shard_is_named(tiny_zoo_dir, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for path in tiny_zoo_dir.iterdir():
+        (damaged / path.name).write_bytes(path.read_bytes())
+    shard = damaged / "shard_00001.npz"
+    content = bytearray(shard.read_bytes())
+    content[len(content) // 2] ^= 0xFF
+    shard.write_bytes(bytes(content))
+    with pytest.raises(ZooFormatError, match="shard_00001.npz is damaged"):
+        load_zoo(damaged)
+    shard.unlink()
+    with pytest.raises(ZooFormatError, match="missing"):
+        load_zoo(damaged)
+
+
+def test_not_a_zoo_and_wrong_version(tmp_path):
+    with pytest.raises(ZooFormatError, match="no manifest.json"):
+        load_zoo(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "lopt-zoo", "version": 99}))
+    with pytest.raises(ZooFormatError, match="version 99"):
+        load_zoo(tmp_path)
+
+
+def test_bad_ranges_are_refused():
+    with pytest.raises(ValueError, match="learning_rate"):
+        HyperparameterRanges(learning_rate=(0.1, 0.01))
+    with pytest.raises(ValueError, match="unknown zoo problem"):
+        make_problem("mlp_cifar")
