@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +19,9 @@ import lopt.nf as nf
 from lopt.predict import (
     PREDICTORS,
     FitSettings,
+    invariance_error,
     kendall_tau,
+    make_batched_apply,
     make_predictor,
     run_prediction,
 )
@@ -40,11 +49,16 @@ def _random_features(spec, params, key):
     )
 
 
+@functools.cache
+def _small_problem(name):
+    options = {"hidden_size": 5, "digits": 1} if name == "rnn_addition" else {"channels": (3, 4)}
+    return make_problem(name, **options)
+
+
 @pytest.mark.parametrize("problem_name", ["rnn_addition", "cnn_digits"])
 @pytest.mark.parametrize("kind", PREDICTORS)
 def test_predictors_are_invariant(problem_name, kind):
-    options = {"hidden_size": 5} if problem_name == "rnn_addition" else {"channels": (3, 4)}
-    problem = make_problem(problem_name, **options)
+    problem = _small_problem(problem_name)
     params = jax.eval_shape(problem.init, jax.random.key(0))
     x = _random_features(problem.spec, params, jax.random.key(1))
     module = make_predictor(kind, problem.spec, width=4, depth=2, head=(8, 1))
@@ -61,8 +75,30 @@ def test_predictors_are_invariant(problem_name, kind):
         )
     )
     assert changed > 0.1  # the permutation really moves entries
-    out, out_permuted = module.apply(variables, x), module.apply(variables, permuted)
-    np.testing.assert_allclose(out, out_permuted, rtol=1e-4, atol=1e-5)
+    # one jitted program: the predictions of x and of its permutation, side by side
+    batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), x, permuted)
+    out = jax.jit(make_batched_apply(module))(variables, batch)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-4, atol=1e-5)
+    # the check run_prediction records: every network of a batch gets its own permutation
+    assert invariance_error(module, variables, problem.spec, batch, jax.random.key(4)) < 1e-4
+
+
+def test_invariance_check_catches_a_non_invariant_predictor():
+    problem = _small_problem("cnn_digits")
+    params = jax.eval_shape(problem.init, jax.random.key(0))
+    x = _random_features(problem.spec, params, jax.random.key(1))
+    batch = jax.tree_util.tree_map(lambda a: jnp.stack([a, 2 * a]), x)
+    # a Dense on the flattened weights sees the order of the entries
+
+    class Flattened(nn.Module):
+        @nn.compact
+        def __call__(self, features):
+            leaves = jax.tree_util.tree_leaves(features)
+            return nn.Dense(1)(jnp.concatenate([leaf.ravel() for leaf in leaves]))
+
+    module = Flattened()
+    variables = module.init(jax.random.key(2), x)
+    assert invariance_error(module, variables, problem.spec, batch, jax.random.key(3)) > 1e-3
 
 
 def test_unknown_predictor_is_refused():
@@ -70,19 +106,56 @@ def test_unknown_predictor_is_refused():
         make_predictor("transformer", {})
 
 
+ZOO_OVERRIDES = [
+    "zoo=cnn",
+    "zoo.count=96",
+    "zoo.shard_size=48",
+    "zoo.chunk_size=48",
+    "zoo.options.channels=[3]",
+    "zoo.ranges.steps=[2,40]",
+    "zoo.ranges.batch_sizes=[8]",
+    "progress=false",
+    "compilation_cache.enabled=false",  # the tests' own cache is set up in conftest.py
+]
+PREDICT_OVERRIDES = [
+    "zoo=cnn",
+    "model=deepsets",
+    "model.width=4",
+    "model.head=[8,1]",
+    "fit.batch_size=8",
+    "fit.max_epochs=3",
+    "split=[0.5,0.25,0.25]",
+    "compilation_cache.enabled=false",
+]
+
+
+def _compose(config_name, overrides):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def cli_zoo(tmp_path_factory):
+    """A tiny CNN zoo made by the ``lopt-zoo`` app: its root, path override and summary."""
+    import lopt.cli.zoo
+
+    root = tmp_path_factory.mktemp("cli")
+    zoo_path = f"zoo.path={root / 'zoo'}"
+    summary = lopt.cli.zoo.run(_compose("zoo", [*ZOO_OVERRIDES, zoo_path]), root / "zoo_run")
+    return root, zoo_path, summary
+
+
+@pytest.mark.slow
 def test_tiny_zoo_predictor_beats_a_constant(tmp_path):
     problem = make_problem("rnn_addition", hidden_size=8)
     ranges = HyperparameterRanges(steps=(1, 60), batch_sizes=(8, 16), learning_rate=(1e-3, 1e-1))
-    generate_zoo(
-        tmp_path,
-        problem,
-        ZooSettings(count=120, shard_size=120, ranges=ranges),
-        seed=0,
-        progress=False,
-    )
+    settings = ZooSettings(count=120, shard_size=120, ranges=ranges)
+    generate_zoo(tmp_path, problem, settings, seed=0, progress=False)
     zoo = load_zoo(tmp_path)
     targets = zoo.metrics["test_accuracy"]
-    assert np.std(targets) > 0.05, "the tiny zoo's accuracies must spread"
+    assert np.std(targets) > 0.03, "the tiny zoo's accuracies must spread"
     result = run_prediction(
         zoo.params,
         zoo.spec,
@@ -99,3 +172,62 @@ def test_tiny_zoo_predictor_beats_a_constant(tmp_path):
     )
     assert np.isnan(constant)
     assert result.tau > 0.3
+
+
+@pytest.mark.slow
+def test_zoo_and_predict_commands_write_their_results(cli_zoo, tmp_path):
+    import lopt.cli.predict
+
+    root, zoo_path, summary = cli_zoo
+    assert summary["networks"] == 96
+    assert set(summary["metrics"]) == {"test_accuracy", "test_loss"}
+    assert summary["timing_this_run"]["networks_trained"] == 96
+    assert summary["environment"]["cpus"] >= 1
+    stored = json.loads((root / "zoo_run" / "summary.json").read_text())
+    assert stored["metrics"]["test_accuracy"]["max"] >= stored["metrics"]["test_accuracy"]["min"]
+
+    cfg = _compose("predict", [*PREDICT_OVERRIDES, zoo_path])
+    lopt.cli.predict.run(cfg, tmp_path / "predict_run")
+    result = json.loads((tmp_path / "predict_run" / "result.json").read_text())
+    assert result["model"] == "deepsets" and result["test_networks"] == 24
+    assert result["epochs_run"] <= 3 and result["invariance_error"] < 1e-4
+    saved = np.load(tmp_path / "predict_run" / "predictions.npz")
+    assert saved["predictions"].shape == saved["targets"].shape == (24,)
+
+    # the results page is built from these files alone
+    page = tmp_path / "docs" / "weight_space.md"
+    script = Path(__file__).parents[1] / "scripts" / "weight_space_page.py"
+    argv = ["--zoos", str(root / "zoo_run"), "--results", str(tmp_path), "--out", str(page)]
+    subprocess.run([sys.executable, str(script), *argv], check=True, capture_output=True)
+    text = page.read_text()
+    assert "| cnn | Deep Sets |" in text and "96 networks" in text
+    assert (tmp_path / "docs" / "weight_space" / "cnn_deepsets.png").stat().st_size > 1000
+
+    missing = _compose("predict", [*PREDICT_OVERRIDES, "zoo.target=test_success", zoo_path])
+    with pytest.raises(ValueError, match="no metric 'test_success'"):
+        lopt.cli.predict.run(missing, tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_predict_sweeps_with_multirun(cli_zoo, tmp_path):
+    _, zoo_path, _ = cli_zoo
+    sweep = [o for o in PREDICT_OVERRIDES if not o.startswith("model=")]
+    sweep += [
+        "model=deepsets,statnn",
+        "seed=0,1",
+        zoo_path,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "lopt.cli.predict", "-m", *sweep],
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+    )
+    results = sorted((tmp_path / "sweep").glob("cnn/*/result.json"))
+    assert [path.parent.name for path in results] == [
+        "deepsets_seed0",
+        "deepsets_seed1",
+        "statnn_seed0",
+        "statnn_seed1",
+    ]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import hydra.utils
 import jax
 import optax
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lopt.meta import (
@@ -108,6 +111,42 @@ def enable_compilation_cache(options: Mapping[str, Any]) -> Path | None:
     # compile than to look up.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
+
+
+def run_in_output_dir(
+    tool: str,
+    run: Callable[[DictConfig, Path], Any],
+    cfg: DictConfig,
+    errors: tuple[type[Exception], ...] = (ValueError,),
+) -> Any:
+    """Runs a Hydra app's ``run(cfg, run_dir)`` in the job's output directory.
+
+    The JAX compilation cache is enabled as ``cfg.compilation_cache`` says; an error of one
+    of the ``errors`` types is bad input, printed as ``<tool>: error: <message>`` before
+    exiting with status 1, with no traceback.
+
+    Returns:
+        What ``run`` returns.
+    """
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing noise
+    enable_compilation_cache(cfg.compilation_cache)
+    try:
+        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except errors as err:
+        print(f"{tool}: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def machine_context(load_at_start: float) -> dict[str, Any]:
+    """What a timing was measured on: jax, device, commit, CPU count and the 1-minute load
+    average at the start and at the end (above the CPU count, other work shared them)."""
+    from lopt.evaluation.evaluate import environment  # imported late: a heavy module
+
+    return environment() | {
+        "cpus": os.cpu_count(),
+        "load_average_start": round(load_at_start, 2),
+        "load_average_end": round(os.getloadavg()[0], 2),
+    }
 
 
 def schedule_from(config: Mapping[str, Any]) -> EpisodeSchedule:

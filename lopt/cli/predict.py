@@ -4,38 +4,44 @@
     lopt-predict -m zoo=rnn model=unf,statnn,deepsets seed=0,1,2
     lopt-predict -m zoo=cnn model=nfn,unf,statnn,deepsets seed=0,1,2
 
-The run directory gets ``result.json`` (τ, early-stopping epoch, settings) and
-``predictions.npz`` (test predictions and true values). Returns τ to a sweeper.
+The run directory gets ``result.json`` (test and validation τ, early-stopping epoch, the
+invariance check, time, the resolved config) and ``predictions.npz`` (test predictions and
+true values); ``scripts/weight_space_page.py`` reads both. Returns τ to a sweeper.
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from lopt.cli.common import machine_context, run_in_output_dir, to_container, write_json
 from lopt.predict import FitSettings, run_prediction
 from lopt.zoo import ZooFormatError, load_zoo
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Loads the zoo, trains and evaluates the predictor, writes the results."""
-    zoo = load_zoo(to_absolute_path(cfg.zoo.path))
+    zoo_dir = to_absolute_path(cfg.zoo.path)
+    zoo = load_zoo(zoo_dir)
     if cfg.zoo.target not in zoo.metrics:
         raise ValueError(f"zoo has no metric {cfg.zoo.target!r}; it has {sorted(zoo.metrics)}")
     model = OmegaConf.to_container(cfg.model, resolve=True)
     kind = model.pop("kind")
     model["head"] = tuple(model["head"])
     fit = FitSettings(**OmegaConf.to_container(cfg.fit, resolve=True))
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()[0]
     result = run_prediction(
         zoo.params,
         zoo.spec,
@@ -49,34 +55,37 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     summary = {
         "zoo": cfg.zoo.name,
+        "zoo_path": zoo_dir,
+        "zoo_networks": zoo.size,
         "target": cfg.zoo.target,
         "model": kind,
         "seed": int(cfg.seed),
-        "kendall_tau": result.tau,
+        "kendall_tau": _finite_or_none(result.tau),
+        "validation_tau": _finite_or_none(result.validation_tau),
         "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run,
         "networks_used": result.kept,
         "test_networks": len(result.targets),
+        "invariance_error": result.invariance_error,
         "seconds": round(time.perf_counter() - start, 1),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "environment": machine_context(load),
+        "config": to_container(cfg),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "result.json").write_text(json.dumps(summary, indent=1))
+    write_json(run_dir / "result.json", summary)
     np.savez(run_dir / "predictions.npz", predictions=result.predictions, targets=result.targets)
+    print(
+        f"lopt-predict: {summary['zoo']} {kind} seed {summary['seed']}: Kendall tau "
+        f"{result.tau:.4f} (validation {result.validation_tau:.4f}, best epoch "
+        f"{result.best_epoch} of {result.epochs_run}, {summary['seconds']} s)"
+    )
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="predict")
 def main(cfg: DictConfig) -> float:
     """Entry point of ``lopt-predict``."""
-    try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ZooFormatError, ValueError) as err:
-        print(f"lopt-predict: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(
-        f"{summary['zoo']} {summary['model']} seed {summary['seed']}: "
-        f"Kendall tau {summary['kendall_tau']:.4f} (best epoch {summary['best_epoch']})"
-    )
+    summary = run_in_output_dir("lopt-predict", run, cfg, (ZooFormatError, ValueError))
     return summary["kendall_tau"]
 
 

@@ -1,28 +1,27 @@
 """``lopt-zoo``: generate a model zoo (a Hydra app, like ``lopt-train``).
 
     lopt-zoo zoo=rnn                     # 2,000 GRU adders into zoos/rnn
-    lopt-zoo zoo=cnn zoo.count=1000      # small CNNs on the 8x8 digits into zoos/cnn
+    lopt-zoo zoo=cnn                     # 1,000 small CNNs on the 8x8 digits into zoos/cnn
     lopt-zoo -m zoo=rnn,cnn              # both
 
 Rerunning with a larger ``zoo.count`` appends shards; other changed settings are refused.
 The zoo directory gets ``manifest.json`` and ``shard_*.npz`` (see :mod:`lopt.zoo.storage`);
-the run directory gets ``summary.json`` (size, time, metric spread).
+the run directory gets ``summary.json`` (size, compile and training time, metric spread).
 """
 
 from __future__ import annotations
 
-import json
-import sys
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
+from lopt.cli.common import machine_context, run_in_output_dir, to_container, write_json
 from lopt.zoo import (
     HyperparameterRanges,
     ZooFormatError,
@@ -39,6 +38,7 @@ def settings_from_config(zoo_cfg: DictConfig) -> ZooSettings:
     return ZooSettings(
         count=int(zoo_cfg.count),
         shard_size=int(zoo_cfg.shard_size),
+        chunk_size=int(zoo_cfg.chunk_size),
         ranges=HyperparameterRanges(**{key: tuple(value) for key, value in ranges.items()}),
     )
 
@@ -57,8 +57,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     options = OmegaConf.to_container(cfg.zoo.options, resolve=True)
     problem = make_problem(cfg.zoo.problem, **options)
     directory = Path(to_absolute_path(cfg.zoo.path))
-    start = time.perf_counter()
-    generate_zoo(
+    start, load = time.perf_counter(), os.getloadavg()[0]
+    manifest = generate_zoo(
         directory,
         problem,
         settings_from_config(cfg.zoo),
@@ -71,25 +71,24 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "networks": zoo.size,
         "seconds_this_run": round(time.perf_counter() - start, 1),
         "seconds_all_shards": round(sum(s["seconds"] for s in zoo.manifest["shards"]), 1),
+        "timing_this_run": manifest.get("timing"),
         "metrics": {
             name: metric_spread(values[np.isfinite(values)]) for name, values in zoo.metrics.items()
         },
         "non_finite": {name: int((~np.isfinite(v)).sum()) for name, v in zoo.metrics.items()},
+        "environment": machine_context(load),
+        "config": to_container(cfg),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(run_dir / "summary.json", summary)
+    print(f"lopt-zoo: {zoo.size} networks in {directory} ({summary['seconds_this_run']} s)")
     return summary
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="zoo")
 def main(cfg: DictConfig) -> None:
     """Entry point of ``lopt-zoo``."""
-    try:
-        summary = run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (ZooFormatError, ValueError) as err:
-        print(f"lopt-zoo: {err}", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(summary, indent=1))
+    run_in_output_dir("lopt-zoo", run, cfg, (ZooFormatError, ValueError))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import lopt.nf as nf
 from lopt.predict.features import Standardizer, finite_networks, fit_standardizer, weight_features
 from lopt.predict.kendall import kendall_tau
 from lopt.predict.models import make_predictor
@@ -157,17 +158,43 @@ class Evaluation(NamedTuple):
 
     Attributes:
         tau: Kendall τ between predictions and true metrics on the test split.
+        validation_tau: the best validation τ (the early-stopping criterion).
         predictions: ``(N_test,)`` predictions (in the metric's units).
         targets: ``(N_test,)`` true metrics.
         best_epoch: the early-stopping epoch.
+        epochs_run: epochs trained before stopping.
         kept: number of networks used (finite weights).
+        invariance_error: largest change of a test prediction under a random permutation
+            of its network per the spec (float rounding only, for an invariant predictor).
     """
 
     tau: float
+    validation_tau: float
     predictions: np.ndarray
     targets: np.ndarray
     best_epoch: int
+    epochs_run: int
     kept: int
+    invariance_error: float
+
+
+def invariance_error(
+    module: nn.Module, params: PyTree, spec: PyTree, features: PyTree, key: jax.Array
+) -> float:
+    """Largest change of ``module``'s predictions when each network is randomly permuted.
+
+    Every network of ``features`` (leaves ``(B, *shape, C)``) gets its own random group
+    element of ``spec`` (for NFN, of :func:`lopt.nf.nfn_spec`: its spatial axes are channels).
+    """
+    group = nf.nfn_spec(spec) if getattr(module, "kind", None) == "nfn" else spec
+    count = jax.tree_util.tree_leaves(features)[0].shape[0]
+
+    def permute_one(key: jax.Array, x: PyTree) -> PyTree:
+        return nf.permute(x, spec, nf.random_permutations(key, group, x))
+
+    permuted = jax.vmap(permute_one)(jax.random.split(key, count), features)
+    batched = jax.jit(make_batched_apply(module))
+    return float(jnp.max(jnp.abs(batched(params, features) - batched(params, permuted))))
 
 
 def run_prediction(
@@ -185,7 +212,8 @@ def run_prediction(
     """Trains predictor ``kind`` on a zoo and measures its test τ.
 
     Networks with non-finite weights are dropped first. The split is fixed by
-    ``split_seed``; ``seed`` changes the predictor's init and minibatch order.
+    ``split_seed``; ``seed`` changes the predictor's init and minibatch order. The test
+    split is read once, after training, for τ and the invariance check.
 
     Args:
         params: zoo params, leaves ``(N, *shape)``.
@@ -217,4 +245,14 @@ def run_prediction(
     predictions = scores * std + mean
     test_y = targets[split.test]
     tau = float(kendall_tau(jnp.asarray(predictions), jnp.asarray(test_y)))
-    return Evaluation(tau, predictions, test_y, fit.best_epoch, int(keep.sum()))
+    error = invariance_error(module, fit.params, spec, test_x, jax.random.key(seed + 1))
+    return Evaluation(
+        tau=tau,
+        validation_tau=float(fit.validation_taus[fit.best_epoch]),
+        predictions=predictions,
+        targets=test_y,
+        best_epoch=fit.best_epoch,
+        epochs_run=len(fit.validation_taus),
+        kept=int(keep.sum()),
+        invariance_error=error * float(std),
+    )

@@ -12,9 +12,11 @@ SHA-256. :func:`load_zoo` checks the hashes and returns a :class:`Zoo`.
 
 from lopt.zoo.arithmetic import addition_problems
 from lopt.zoo.generate import (
+    CompiledZooTrainer,
     HyperparameterRanges,
     ZooSettings,
     generate_zoo,
+    make_zoo_trainer,
     sample_hyperparameters,
     train_networks,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "PROBLEMS",
+    "CompiledZooTrainer",
     "HyperparameterRanges",
     "Zoo",
     "ZooFormatError",
@@ -45,6 +48,7 @@ __all__ = [
     "generate_zoo",
     "load_zoo",
     "make_problem",
+    "make_zoo_trainer",
     "read_manifest",
     "sample_hyperparameters",
     "train_networks",

@@ -2,7 +2,9 @@
 
 Every network ``i`` of a zoo draws its hyperparameters and its training randomness from
 ``fold_in(key(seed), i)`` alone, so a zoo is the same whether it is generated in one go, in
-shards of any size, or resumed. Hyperparameters that change shapes are masked instead:
+chunks (vmapped calls) or shards of any size, or resumed. Inside a call every network runs
+the same program: hyperparameters that change shapes or loop lengths are masked instead,
+so nothing under ``vmap`` has a per-network trip count:
 
 * batch size: every step draws ``max_batch_size`` examples and weights the first
   ``batch_size`` of them;
@@ -66,23 +68,27 @@ class HyperparameterRanges:
 
 @dataclasses.dataclass(frozen=True)
 class ZooSettings:
-    """How large a zoo is and how it is cut into shards.
+    """How large a zoo is, how it is cut into shards and how many networks train at once.
 
     Attributes:
         count: number of networks in the finished zoo.
-        shard_size: networks per shard (and per vmapped training call).
+        shard_size: networks per shard file.
+        chunk_size: networks per vmapped training call. It changes speed only, never the
+            networks: on CPU, calls of 16-32 small networks keep their activations in cache
+            and train fastest per network (measured: 0.17 s per GRU adder at 16, 0.46 s at
+            128); the last chunk is padded to this size, so one program serves every call.
         ranges: the hyperparameter ranges.
     """
 
     count: int = 2000
     shard_size: int = 250
+    chunk_size: int = 32
     ranges: HyperparameterRanges = HyperparameterRanges()
 
     def __post_init__(self) -> None:
-        if self.count < 1 or self.shard_size < 1:
-            raise ValueError(
-                f"count and shard_size must be positive, got {self.count}, {self.shard_size}"
-            )
+        for name in ("count", "shard_size", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
 
 class Hyperparameters(NamedTuple):
@@ -149,9 +155,7 @@ def make_network_trainer(
             batch = order[positions]
             loss_fn = lambda p: jnp.sum(
                 example_weights
-                * problem.example_losses(
-                    p, train_inputs[batch], train_targets[batch]
-                )
+                * problem.example_losses(p, train_inputs[batch], train_targets[batch])
             )
             grads = jax.grad(loss_fn)(params)
             direction, new_adam_state = adam.update(grads, adam_state)
@@ -170,36 +174,62 @@ def make_network_trainer(
     return train_one
 
 
+class CompiledZooTrainer(NamedTuple):
+    """A zoo trainer compiled for one chunk size.
+
+    Attributes:
+        train: ``train(seed, indices) -> (params, hyperparameters, metrics)`` for at most
+            ``chunk_size`` global network indices (fewer are padded, and the padding cut off).
+        chunk_size: networks per compiled call.
+        compile_seconds: time spent tracing and compiling.
+    """
+
+    train: Callable[[int, np.ndarray], tuple[PyTree, Hyperparameters, dict[str, jax.Array]]]
+    chunk_size: int
+    compile_seconds: float
+
+
 def make_zoo_trainer(
-    problem: ZooProblem, ranges: HyperparameterRanges
-) -> Callable[[int, np.ndarray], tuple[PyTree, Hyperparameters, dict[str, jax.Array]]]:
-    """A jitted ``train(seed, indices)`` that trains a zoo's networks ``indices`` at once.
+    problem: ZooProblem, ranges: HyperparameterRanges, chunk_size: int
+) -> CompiledZooTrainer:
+    """Compiles the training of ``chunk_size`` of a zoo's networks in one vmapped call.
 
     Args:
         problem: the network family and its data.
         ranges: hyperparameter ranges.
+        chunk_size: networks per call.
 
     Returns:
-        ``train(seed, indices)``: for ``(N,)`` global network indices, params with a leading
-        axis ``N``, their hyperparameters and test metrics ``(N,)``. Network ``i`` depends
-        on ``(seed, i)`` only.
+        The compiled trainer. Network ``i`` depends on ``(seed, i)`` only: on neither the
+        chunk size nor the other networks of its chunk.
     """
-    vmapped = jax.jit(jax.vmap(make_network_trainer(problem, ranges), in_axes=(0, None)))
     data = (problem.train_inputs, problem.train_targets, problem.test_inputs, problem.test_targets)
 
-    def train(seed: int, indices: np.ndarray):
-        base = jax.random.key(seed)
-        keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.asarray(indices))
-        return vmapped(keys, data)
+    def train_keys(seed: jax.Array, indices: jax.Array, data: tuple[jax.Array, ...]):
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(indices)
+        return jax.vmap(make_network_trainer(problem, ranges), in_axes=(0, None))(keys, data)
 
-    return train
+    start = time.perf_counter()
+    example = (jnp.zeros((), jnp.uint32), jnp.zeros((chunk_size,), jnp.int32), data)
+    compiled = jax.jit(train_keys).lower(*example).compile()
+    compile_seconds = time.perf_counter() - start
+
+    def train(seed: int, indices: np.ndarray):
+        indices = np.asarray(indices, np.int32)
+        if not 0 < len(indices) <= chunk_size:
+            raise ValueError(f"a call trains 1 to {chunk_size} networks, got {len(indices)}")
+        padded = np.concatenate([indices, np.full(chunk_size - len(indices), indices[-1])])
+        outputs = compiled(np.uint32(seed), padded, data)
+        return jax.tree_util.tree_map(lambda x: x[: len(indices)], outputs)
+
+    return CompiledZooTrainer(train, chunk_size, compile_seconds)
 
 
 def train_networks(
     problem: ZooProblem, ranges: HyperparameterRanges, seed: int, indices: np.ndarray
 ) -> tuple[PyTree, Hyperparameters, dict[str, jax.Array]]:
-    """Trains the zoo's networks ``indices`` once (see :func:`make_zoo_trainer`)."""
-    return make_zoo_trainer(problem, ranges)(seed, indices)
+    """Trains the zoo's networks ``indices`` in one call (see :func:`make_zoo_trainer`)."""
+    return make_zoo_trainer(problem, ranges, len(indices)).train(seed, indices)
 
 
 def generate_zoo(
@@ -210,21 +240,25 @@ def generate_zoo(
     *,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Generates (or resumes) a zoo in ``directory``, one shard per vmapped call.
+    """Generates (or resumes) a zoo in ``directory``, ``settings.chunk_size`` networks a call.
 
     A directory holding part of a zoo made with the same problem, settings and seed gets
-    the missing shards appended; one made differently is an error (no silent mixing).
+    the missing shards appended; one made differently is an error (no silent mixing). The
+    chunk size may change between runs: it does not change the networks.
 
     Args:
         directory: where the manifest and shards go.
         problem: the network family and its data.
-        settings: size, shard size and hyperparameter ranges.
+        settings: size, shard size, chunk size and hyperparameter ranges.
         seed: the zoo's seed.
         progress: show a progress bar over networks.
 
     Returns:
-        The final manifest.
+        The final manifest; when networks were trained, its ``timing`` entry holds this
+        run's chunk size, compile time, training time and number of networks trained.
     """
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"the zoo seed must lie in [0, 2**32), got {seed}")
     description = {
         "problem": problem.name,
         "options": problem.options,
@@ -238,20 +272,39 @@ def generate_zoo(
         raise ValueError(
             f"{directory} already holds {done} networks, more than the requested {settings.count}"
         )
-    train = make_zoo_trainer(problem, settings.ranges)
+    if done == settings.count:
+        return writer.manifest
+    first_new = done
+    chunk_size = min(settings.chunk_size, settings.count - done)
+    trainer = make_zoo_trainer(problem, settings.ranges, chunk_size)
     bar = tqdm(total=settings.count, initial=done, unit="net", disable=not progress)
+    train_seconds = 0.0
     while done < settings.count:
-        indices = np.arange(done, min(done + settings.shard_size, settings.count))
-        start = time.perf_counter()
-        params, hyper, metrics = jax.block_until_ready(train(seed, indices))
+        shard_end = min(done + settings.shard_size, settings.count)
+        chunks, start = [], time.perf_counter()
+        for first in range(done, shard_end, chunk_size):
+            indices = np.arange(first, min(first + chunk_size, shard_end))
+            chunks.append(jax.device_get(trainer.train(seed, indices)))
+            bar.update(len(indices))
+        seconds = time.perf_counter() - start
+        train_seconds += seconds
+        params, hyper, metrics = jax.tree_util.tree_map(
+            lambda *parts: np.concatenate(parts), *chunks
+        )
         writer.append(
-            indices,
-            jax.device_get(params),
+            np.arange(done, shard_end),
+            params,
             {name: np.asarray(value) for name, value in hyper._asdict().items()},
             {name: np.asarray(value) for name, value in metrics.items()},
-            seconds=time.perf_counter() - start,
+            seconds=seconds,
         )
-        done += len(indices)
-        bar.update(len(indices))
+        done = shard_end
     bar.close()
-    return writer.manifest
+    return writer.manifest | {
+        "timing": {
+            "chunk_size": chunk_size,
+            "compile_seconds": round(trainer.compile_seconds, 2),
+            "train_seconds": round(train_seconds, 2),
+            "networks_trained": done - first_new,
+        }
+    }

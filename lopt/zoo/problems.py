@@ -26,6 +26,65 @@ from lopt.zoo import arithmetic
 PyTree = Any
 
 
+class _Recurrent(nn.Module):
+    """A recurrent kernel ``(size, size)`` and optional bias, read out for use in a scan.
+
+    Attributes:
+        size: the state width.
+        use_bias: whether a ``(size,)`` bias (zeros at init) comes with the kernel.
+    """
+
+    size: int
+    use_bias: bool = False
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, jax.Array]:
+        """The kernel and the bias (zeros, and no param, without ``use_bias``)."""
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (self.size, self.size))
+        if not self.use_bias:
+            return kernel, jnp.zeros((self.size,), kernel.dtype)
+        return kernel, self.param("bias", nn.initializers.zeros, (self.size,))
+
+
+class GRU(nn.Module):
+    """A GRU layer written out: input projections for all steps at once, then ``lax.scan``.
+
+    ``r = σ(x W_ir + b_ir + h W_hr)``, ``z = σ(x W_iz + b_iz + h W_hz)``,
+    ``n = tanh(x W_in + b_in + r (h W_hn + b_hn))``, ``h' = (1 - z) n + z h``, from ``h = 0``;
+    params nest as flax's ``GRUCell`` (``ir``, ``iz``, ``in`` with biases, ``hr``, ``hz``
+    without, ``hn`` with). Every kernel is Lecun-normal: flax's orthogonal recurrent init
+    runs a LAPACK QR, and vmapped over networks on a CPU with few cores that batched QR
+    deadlocks XLA's thread pool (its batch split waits for pool threads it occupies).
+
+    Attributes:
+        hidden_size: width of the state.
+    """
+
+    hidden_size: int
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Maps ``(B, T, F)`` inputs to the ``(B, T, hidden_size)`` states."""
+        size = self.hidden_size
+        # the input side has no recurrence: one matmul per gate over every step
+        x_r, x_z, x_n = (nn.Dense(size, name=name)(inputs) for name in ("ir", "iz", "in"))
+        (w_r, _), (w_z, _) = (_Recurrent(size, name=name)() for name in ("hr", "hz"))
+        w_n, b_n = _Recurrent(size, use_bias=True, name="hn")()
+
+        def step(state: jax.Array, x: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+            x_r, x_z, x_n = x
+            reset = jax.nn.sigmoid(x_r + state @ w_r)
+            update = jax.nn.sigmoid(x_z + state @ w_z)
+            candidate = jnp.tanh(x_n + reset * (state @ w_n + b_n))
+            state = (1.0 - update) * candidate + update * state
+            return state, state
+
+        time_major = tuple(jnp.swapaxes(x, 0, 1) for x in (x_r, x_z, x_n))
+        initial = jnp.zeros((inputs.shape[0], size), inputs.dtype)
+        _, states = jax.lax.scan(step, initial, time_major)
+        return jnp.swapaxes(states, 0, 1)
+
+
 class GRUAdder(nn.Module):
     """A GRU over one-hot tokens with a linear readout of the last ``answer_length`` states.
 
@@ -42,7 +101,7 @@ class GRUAdder(nn.Module):
     @nn.compact
     def __call__(self, one_hot_tokens: jax.Array) -> jax.Array:
         """Maps ``(B, T, vocab)`` one-hot tokens to ``(B, answer_length, classes)`` logits."""
-        states = nn.RNN(nn.GRUCell(self.hidden_size, name="gru"), name="rnn")(one_hot_tokens)
+        states = GRU(self.hidden_size, name="gru")(one_hot_tokens)
         return nn.Dense(self.num_classes, name="readout")(states[:, -self.answer_length :])
 
 
