@@ -61,18 +61,26 @@ def overrides(run: Path) -> list[str]:
     return yaml.safe_load(path.read_text()) if path.is_file() else []
 
 
-def sweep_command(program: str, runs: list[Path]) -> str:
-    """One command that reruns ``runs``: each key with the values its runs used."""
-    values: dict[str, list[str]] = {}
+def sweep_commands(program: str, runs: list[Path]) -> list[str]:
+    """Commands that rerun ``runs``: one per set of fixed overrides, sweeping the rest."""
+    swept = ("model=", "seed=")
+    groups: dict[tuple[str, ...], list[list[str]]] = defaultdict(list)
     for run in runs:
-        for item in overrides(run):
-            key, _, value = item.partition("=")
-            if value not in values.setdefault(key, []):
-                values[key].append(value)
-    multi = any(len(v) > 1 for v in values.values())
+        items = overrides(run)
+        groups[tuple(o for o in items if not o.startswith(swept))].append(items)
     quote = lambda s: f"'{s}'" if any(c in s for c in "[]") else s
-    parts = [quote(f"{key}={','.join(v)}") for key, v in values.items()]
-    return " ".join([program, *(["-m"] if multi else []), *parts])
+    commands = []
+    for fixed, members in groups.items():
+        values: dict[str, list[str]] = {}
+        for items in members:
+            for item in items:
+                key, _, value = item.partition("=")
+                if item not in fixed and value not in values.setdefault(key, []):
+                    values[key].append(value)
+        multi = len(members) > 1
+        parts = [*map(quote, fixed), *(f"{key}={','.join(v)}" for key, v in values.items())]
+        commands.append(" ".join([program, *(["-m"] if multi else []), *parts]))
+    return commands
 
 
 def load_results(root: Path) -> list[tuple[Path, dict]]:
@@ -84,13 +92,13 @@ def load_results(root: Path) -> list[tuple[Path, dict]]:
 def zoo_section(run: Path) -> list[str]:
     summary = json.loads((run / "summary.json").read_text())
     manifest = json.loads((Path(summary["zoo"]) / "manifest.json").read_text())
-    description, timing, env = manifest["description"], summary.get("timing_this_run"), {}
+    description, timing = manifest["description"], summary.get("timing_this_run")
     env = summary.get("environment", {})
-    config = summary["config"]["zoo"]
+    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["zoo"]
     lines = [
         f"### Zoo `{config['name']}`: {description['problem']} {description['options']}",
         "",
-        f"`{sweep_command('lopt-zoo', [run])}`",
+        f"`{sweep_commands('lopt-zoo', [run])[0]}`",
         "",
         f"* {summary['networks']} networks, seed {description['seed']}, "
         f"{len(manifest['shards'])} shards; hyperparameters per network: "
@@ -102,9 +110,14 @@ def zoo_section(run: Path) -> list[str]:
             if timing
             else ""
         )
-        + f"), on {env.get('cpus', '?')} CPU cores with 1-minute load average "
-        f"{env.get('load_average_start', '?')} at the start and {env.get('load_average_end', '?')}"
-        " at the end (above the core count, other work shared the machine)",
+        + ")"
+        + (
+            f", on {env['cpus']} CPU cores with 1-minute load average "
+            f"{env['load_average_start']} at the start and {env['load_average_end']} at the end "
+            "(above the core count, other work shared the machine)"
+            if env
+            else " (machine load not recorded by this run)"
+        ),
         "",
         "| metric | mean | std | min | q10 | q25 | median | q75 | q90 | max |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -124,16 +137,14 @@ def tau_section(results: list[tuple[Path, dict]], figures: Path, page: Path) -> 
     for run, result in results:
         by_zoo[result["zoo"]][result["model"]].append((run, result))
     lines = [
-        "| zoo | predictor | test τ (seeds) | validation τ | paper | epochs (best) | s / run | "
-        "invariance error |",
-        "|---|---|---|---|---|---|---|---|",
+        "| zoo | predictor | test τ (seeds) | validation τ | paper | budget | epochs (best) | "
+        "s / run | invariance error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     plots, commands, claims = [], [], []
     for zoo in sorted(by_zoo, reverse=True):
         models = by_zoo[zoo]
-        commands.append(
-            sweep_command("lopt-predict", [r for runs in models.values() for r, _ in runs])
-        )
+        commands += sweep_commands("lopt-predict", [r for runs in models.values() for r, _ in runs])
         means = {}
         for model in ordered(models):
             runs = sorted(models[model], key=lambda item: item[1]["seed"])
@@ -144,9 +155,13 @@ def tau_section(results: list[tuple[Path, dict]], figures: Path, page: Path) -> 
             seconds = statistics.fmean(r["seconds"] for _, r in runs)
             error = max(r["invariance_error"] for _, r in runs)
             paper = PAPER.get(zoo, {}).get(model)
+            config = runs[0][1]["config"]
+            shape = config["model"]
+            size = "" if model == "statnn" else f"width {shape['width']}, depth {shape['depth']}, "
+            budget = f"{size}head {shape['head']}, ≤ {config['fit']['max_epochs']} epochs"
             lines.append(
                 f"| {zoo} | {NAMES.get(model, model)} | {fmt(taus)} | {fmt(vals)} | "
-                f"{paper if paper else '—'} | {epochs} | {seconds:.0f} | {error:.1e} |"
+                f"{paper if paper else '—'} | {budget} | {epochs} | {seconds:.0f} | {error:.1e} |"
             )
             plots.append(scatter(zoo, model, runs[0], figures))
         claims += ordering_claims(zoo, means)
@@ -255,8 +270,9 @@ def main() -> None:
         "## Kendall τ on the held-out split",
         "",
         f"Split {budget['split']} (train / validation / test, split seed {budget['split_seed']}); "
-        f"predictor budget: fit {budget['fit']}; model {budget['model']} (per run, see "
-        "`result.json`). Mean ± standard error over seeds (count in brackets).",
+        f"training: {budget['fit']} (each run's own in its `result.json`). Mean ± standard "
+        "error over seeds (count in brackets); the predictor's seed sets its init and "
+        "minibatch order, the split is the same for all.",
         "",
     ]
     lines += tau_section(results, args.out.parent / "weight_space", args.out)
