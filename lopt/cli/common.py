@@ -137,16 +137,21 @@ def run_in_output_dir(
         raise SystemExit(1) from None
 
 
-def machine_context(load_at_start: float) -> dict[str, Any]:
-    """What a timing was measured on: jax, device, commit, CPU count and the 1-minute load
-    average at the start and at the end (above the CPU count, other work shared them)."""
+def start_context() -> dict[str, Any]:
+    """What a run is measured on, taken as it starts: jax, device, source commit, CPU count
+    and the 1-minute load average (above the CPU count, other work shares the machine)."""
     from lopt.evaluation.evaluate import environment  # imported late: a heavy module
 
-    return environment() | {
-        "cpus": os.cpu_count(),
-        "load_average_start": round(load_at_start, 2),
-        "load_average_end": round(os.getloadavg()[0], 2),
-    }
+    return environment() | {"cpus": os.cpu_count(), "load_average_start": _load()}
+
+
+def finish_context(context: dict[str, Any]) -> dict[str, Any]:
+    """``context`` with the load average at the end of the run added."""
+    return context | {"load_average_end": _load()}
+
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
 
 
 def schedule_from(config: Mapping[str, Any]) -> EpisodeSchedule:

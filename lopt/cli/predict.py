@@ -12,7 +12,6 @@ true values); ``scripts/weight_space_page.py`` reads both. Returns τ to a sweep
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,14 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.cli.common import machine_context, run_in_output_dir, to_container, write_json
+from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
+from lopt.cli.common import (
+    finish_context,
+    run_in_output_dir,
+    start_context,
+    to_container,
+    write_json,
+)
 from lopt.predict import FitSettings, run_prediction
 from lopt.zoo import ZooFormatError, load_zoo
 
@@ -41,7 +47,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     kind = model.pop("kind")
     model["head"] = tuple(model["head"])
     fit = FitSettings(**OmegaConf.to_container(cfg.fit, resolve=True))
-    start, load = time.perf_counter(), os.getloadavg()[0]
+    start, context = time.perf_counter(), start_context()
     result = run_prediction(
         zoo.params,
         zoo.spec,
@@ -68,7 +74,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "test_networks": len(result.targets),
         "invariance_error": result.invariance_error,
         "seconds": round(time.perf_counter() - start, 1),
-        "environment": machine_context(load),
+        "environment": finish_context(context),
         "config": to_container(cfg),
     }
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ the run directory gets ``summary.json`` (size, compile and training time, metric
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,14 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.cli.common import machine_context, run_in_output_dir, to_container, write_json
+from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
+from lopt.cli.common import (
+    finish_context,
+    run_in_output_dir,
+    start_context,
+    to_container,
+    write_json,
+)
 from lopt.zoo import (
     HyperparameterRanges,
     ZooFormatError,
@@ -57,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     options = OmegaConf.to_container(cfg.zoo.options, resolve=True)
     problem = make_problem(cfg.zoo.problem, **options)
     directory = Path(to_absolute_path(cfg.zoo.path))
-    start, load = time.perf_counter(), os.getloadavg()[0]
+    start, context = time.perf_counter(), start_context()
     manifest = generate_zoo(
         directory,
         problem,
@@ -76,7 +82,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             name: metric_spread(values[np.isfinite(values)]) for name, values in zoo.metrics.items()
         },
         "non_finite": {name: int((~np.isfinite(v)).sum()) for name, v in zoo.metrics.items()},
-        "environment": machine_context(load),
+        "environment": finish_context(context),
         "config": to_container(cfg),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
