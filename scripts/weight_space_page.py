@@ -94,7 +94,10 @@ def zoo_section(run: Path) -> list[str]:
     manifest = json.loads((Path(summary["zoo"]) / "manifest.json").read_text())
     description, timing = manifest["description"], summary.get("timing_this_run")
     env = summary.get("environment", {})
-    config = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["zoo"]
+    # runs before the summary recorded its config have Hydra's copy only
+    config = (
+        summary.get("config") or yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+    )["zoo"]
     lines = [
         f"### Zoo `{config['name']}`: {description['problem']} {description['options']}",
         "",
