@@ -53,6 +53,7 @@ from lopt.distributed import barrier, is_main_process, to_host
 from lopt.persistence import write_text
 
 PyTree = Any
+log = logging.getLogger(__name__)
 
 FORMAT = "lopt.checkpoint"
 FORMAT_VERSION = 2
@@ -153,6 +154,7 @@ class Checkpointer:
         self.directory = Path(directory).absolute()
         self.max_to_keep = max_to_keep
         self._manager = None
+        self._warned: set[int] = set()
 
     # -- orbax ---------------------------------------------------------------------------
     def _get_manager(self) -> Any:
@@ -181,10 +183,31 @@ class Checkpointer:
 
     # -- queries ---------------------------------------------------------------------------
     def all_steps(self) -> list[int]:
-        """Steps with a complete checkpoint, ascending (unfinished writes are not listed)."""
+        """Steps with a complete checkpoint, ascending (unfinished writes are not listed).
+
+        A step is complete once its :data:`FILES_MANIFEST` is written, the last thing
+        :meth:`save` does; a step orbax finished but a crash left without the list is
+        unfinished (a warning names it), and the next save of that step replaces it.
+        """
         if not self.directory.is_dir():
             return []
-        return sorted(self._get_manager().all_steps())
+        steps = sorted(self._get_manager().all_steps())
+        complete = [step for step in steps if self._finished(step)]
+        for step in sorted(set(steps) - set(complete) - self._warned):
+            self._warned.add(step)
+            log.warning(
+                "checkpoint %s is incomplete (its file list %s is missing: the write was "
+                "interrupted, or the list was deleted); it is not used",
+                self._step_dir(step),
+                FILES_MANIFEST,
+            )
+        return complete
+
+    def _finished(self, step: int) -> bool:
+        """Whether :meth:`save` finished ``step``: its file list is there, or format version
+        1 (which wrote none) wrote it."""
+        directory = self._step_dir(step)
+        return (directory / FILES_MANIFEST).is_file() or _written_by_version(directory) < 2
 
     def latest_step(self) -> int | None:
         """The most recent complete step, or ``None``."""
@@ -199,6 +222,12 @@ class Checkpointer:
                 or metadata that is unreadable or not ours.
         """
         if step not in self.all_steps():
+            if self.directory.is_dir() and step in self._get_manager().all_steps():
+                raise CheckpointError(
+                    f"checkpoint {self._step_dir(step)} is incomplete: its file list "
+                    f"{FILES_MANIFEST} is missing (the write was interrupted, or the list was "
+                    "deleted)"
+                )
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}")
         self.verify_files(step)
         ocp = _ocp()
@@ -282,6 +311,8 @@ class Checkpointer:
                 f"a checkpoint for step {step} already exists in {self.directory}"
             )
         ocp = _ocp()
+        if step in self._get_manager().all_steps():  # an unfinished write of this step
+            self._get_manager().delete(step)
         arrays = _host_leaves(tree)
         meta = {
             "format": FORMAT,

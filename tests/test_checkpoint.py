@@ -159,10 +159,32 @@ def test_damage_to_any_file_of_a_checkpoint_is_refused_naming_the_file(tmp_path,
         else:
             target.unlink()
         with Checkpointer(copy) as checkpoints:
-            if 2 not in checkpoints.all_steps():  # orbax no longer sees the step at all
-                assert name.name == "_CHECKPOINT_METADATA" and damage == "delete"
+            if 2 not in checkpoints.all_steps():  # no longer a complete step at all
+                assert name.name in ("_CHECKPOINT_METADATA", FILES_MANIFEST)
+                assert damage == "delete"
+                if name.name == FILES_MANIFEST:
+                    with pytest.raises(CheckpointError, match="incomplete: its file list"):
+                        checkpoints.restore(2, like=like)
                 continue
             with pytest.raises(CheckpointError, match="corrupt") as error:
                 checkpoints.restore(2, like=like)
             if name.name != FILES_MANIFEST:
                 assert name.name in str(error.value) or FILES_MANIFEST in str(error.value)
+
+
+def test_a_step_a_crash_left_without_its_file_list_is_unfinished_and_saved_again(tmp_path):
+    from lopt.checkpoint import FILES_MANIFEST
+
+    state = make_state()
+    like = jax.eval_shape(lambda: make_state(1))
+    with Checkpointer(tmp_path, max_to_keep=2) as checkpoints:
+        checkpoints.save(1, state)
+        checkpoints.save(2, state)
+    (tmp_path / "2" / FILES_MANIFEST).unlink()  # killed after orbax finished, before the list
+    with Checkpointer(tmp_path, max_to_keep=2) as checkpoints:
+        assert checkpoints.all_steps() == [1]
+        assert checkpoints.latest_step() == 1
+        checkpoints.save(2, make_state(2))  # the resumed run writes the step again
+        assert checkpoints.all_steps() == [1, 2]
+        restored = checkpoints.restore(2, like=like)
+    assert_same(restored, make_state(2))
