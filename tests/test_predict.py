@@ -23,6 +23,7 @@ from lopt.predict import (
     kendall_tau,
     make_predictor,
     run_prediction,
+    symmetry_spec,
 )
 from lopt.zoo import HyperparameterRanges, ZooSettings, generate_zoo, load_zoo, make_problem
 
@@ -78,6 +79,35 @@ def test_predictors_are_invariant(problem_name, kind):
     # every network of the batch (x and its permutation) gets its own random permutation
     batch = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), x, permuted)
     assert invariance_error(module, variables, problem.spec, batch, jax.random.key(4)) < 1e-4
+
+
+def _largest_change(module, variables, x, permuted):
+    apply = jax.jit(module.apply)
+    return float(jnp.max(jnp.abs(apply(variables, x) - apply(variables, permuted))))
+
+
+def test_hnp_predictor_is_invariant_to_hidden_neurons_only():
+    problem = _small_problem("rnn_addition")
+    params = jax.eval_shape(problem.init, jax.random.key(0))
+    x = _random_features(problem.spec, params, jax.random.key(1))
+    module = make_predictor("unf", problem.spec, width=4, depth=1, head=(8, 1), symmetry="hnp")
+    variables = jax.jit(module.init)(jax.random.key(2), x)
+    hidden = nf.symmetry_ids(problem.spec)
+    by_choice = [i for i in nf.perm_ids(problem.spec) if not nf.is_symmetry(i)]
+    assert hidden and by_choice
+    assert nf.perm_ids(symmetry_spec(problem.spec, "hnp")) == hidden
+    for ids, invariant in ((hidden, True), (by_choice, False)):
+        perms = nf.random_permutations(jax.random.key(3), problem.spec, x, ids=ids)
+        change = _largest_change(module, variables, x, nf.permute(x, problem.spec, perms))
+        assert (change < 1e-4) == invariant, (ids, change)
+    # the run's invariance check draws from the predictor's own group
+    batch = jax.tree_util.tree_map(lambda a: a[None], x)
+    assert invariance_error(module, variables, problem.spec, batch, jax.random.key(4)) < 1e-4
+
+
+def test_unknown_symmetry_is_refused():
+    with pytest.raises(ValueError, match="unknown symmetry 'full'"):
+        make_predictor("unf", {}, symmetry="full")
 
 
 def test_invariance_check_catches_a_non_invariant_predictor():

@@ -15,7 +15,15 @@ from lopt.predict.features import (
     weight_features,
 )
 from lopt.predict.kendall import kendall_tau
-from lopt.predict.models import PREDICTORS, QUANTILES, StatNN, make_predictor, tensor_statistics
+from lopt.predict.models import (
+    PREDICTORS,
+    QUANTILES,
+    SYMMETRIES,
+    StatNN,
+    make_predictor,
+    symmetry_spec,
+    tensor_statistics,
+)
 from lopt.predict.training import (
     Evaluation,
     FitResult,
@@ -31,6 +39,7 @@ from lopt.predict.training import (
 __all__ = [
     "PREDICTORS",
     "QUANTILES",
+    "SYMMETRIES",
     "Evaluation",
     "FitResult",
     "FitSettings",
@@ -46,6 +55,7 @@ __all__ = [
     "make_predictor",
     "run_prediction",
     "split_zoo",
+    "symmetry_spec",
     "tensor_statistics",
     "weight_features",
 ]

@@ -9,6 +9,12 @@ scalar; vmap ``apply`` over a batch of networks.
 * ``deepsets``: per-parameter Dense layers, then the same invariant pooling and head.
 * ``statnn``: per tensor, mean, variance and quantiles of its entries, concatenated, into
   an MLP (Unterthiner et al., 2020).
+
+Which group the first three are invariant to is the ``symmetry`` option, as in the NFN
+paper's NP and HNP variants: ``"np"`` permutes every id of the zoo's spec (hidden neurons
+and the axes permuted by choice: input features, tokens, classes); ``"hnp"`` only the
+hidden neurons, the other axes become channels (more parameters, no weight sharing
+across inputs or classes).
 """
 
 from __future__ import annotations
@@ -24,7 +30,26 @@ import lopt.nf as nf
 
 PyTree = Any
 PREDICTORS = ("unf", "nfn", "deepsets", "statnn")
+SYMMETRIES = ("np", "hnp")
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def symmetry_spec(spec: PyTree, symmetry: str) -> PyTree:
+    """The spec of the group a predictor is invariant to (see :data:`SYMMETRIES`).
+
+    Args:
+        spec: the zoo's permutation spec.
+        symmetry: ``"np"`` (the spec as it is) or ``"hnp"`` (hidden-neuron ids only; by-choice
+            and spatial axes become ``None``).
+
+    Returns:
+        The spec to build the predictor on.
+    """
+    if symmetry not in SYMMETRIES:
+        raise ValueError(f"unknown symmetry {symmetry!r}; expected one of {SYMMETRIES}")
+    if symmetry == "np":
+        return spec
+    return nf.map_ids(spec, lambda perm_id: perm_id if nf.is_symmetry(perm_id) else None)
 
 
 def tensor_statistics(features: PyTree) -> jax.Array:
@@ -71,6 +96,7 @@ def make_predictor(
     width: int = 16,
     depth: int = 2,
     head: Sequence[int] = (64, 1),
+    symmetry: str = "np",
 ) -> nn.Module:
     """Builds a predictor.
 
@@ -80,6 +106,8 @@ def make_predictor(
         width: channels of every equivariant (UNF/NFN) or per-parameter (Deep Sets) layer.
         depth: how many such layers.
         head: widths of the MLP head; the last must be 1 (a scalar prediction).
+        symmetry: the group UNF, NFN and Deep Sets are invariant to (:data:`SYMMETRIES`);
+            STATNN's per-tensor statistics are invariant to every permutation of a tensor.
 
     Returns:
         A flax module ``features -> (1,)``.
@@ -90,6 +118,7 @@ def make_predictor(
         raise ValueError(f"the head must end in one output, got {tuple(head)}")
     if width < 1 or depth < 1:
         raise ValueError(f"width and depth must be positive, got {width}, {depth}")
+    spec = symmetry_spec(spec, symmetry)
     layers = (width,) * depth
     head = tuple(head)
     if kind == "statnn":

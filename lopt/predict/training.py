@@ -183,10 +183,13 @@ def invariance_error(
 ) -> float:
     """Largest change of ``module``'s predictions when each network is randomly permuted.
 
-    Every network of ``features`` (leaves ``(B, *shape, C)``) gets its own random group
-    element of ``spec`` (for NFN, of :func:`lopt.nf.nfn_spec`: its spatial axes are channels).
+    Every network of ``features`` (leaves ``(B, *shape, C)``, laid out by ``spec``) gets its
+    own random element of the predictor's group: the spec the module was built on where it
+    has one (an ``"hnp"`` predictor's leaves by-choice axes alone), ``spec`` otherwise; for
+    NFN without the spatial axes (:func:`lopt.nf.nfn_spec`: they are channels).
     """
-    group = nf.nfn_spec(spec) if getattr(module, "kind", None) == "nfn" else spec
+    group = getattr(module, "spec", spec)
+    group = nf.nfn_spec(group) if getattr(module, "kind", None) == "nfn" else group
     count = jax.tree_util.tree_leaves(features)[0].shape[0]
 
     def permute_one(key: jax.Array, x: PyTree) -> PyTree:

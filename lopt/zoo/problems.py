@@ -142,10 +142,14 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _finish(name, model, example, apply, train, test, options, metrics_fn) -> ZooProblem:
-    """Initialiser, derived spec and the shared loss around ``apply``."""
+    """Initialiser, derived spec and the shared loss around ``apply``.
+
+    The spec is derived from ``model`` on ``example``, the input the model itself reads.
+    """
     init = lambda key: model.init(key, example)["params"]
     params = jax.eval_shape(init, jax.random.key(0))
-    spec = lopt.tasks.derive_spec(apply, params, jnp.asarray(train[0][:2]))
+    model_apply = lambda params, inputs: model.apply({"params": params}, inputs)
+    spec = lopt.tasks.derive_spec(model_apply, params, jnp.asarray(example))
 
     def example_losses(params: PyTree, inputs: jax.Array, targets: jax.Array) -> jax.Array:
         losses = _cross_entropy(apply(params, inputs), targets)
@@ -170,7 +174,13 @@ def _finish(name, model, example, apply, train, test, options, metrics_fn) -> Zo
 
 
 def rnn_addition(hidden_size: int = 32, digits: int = 2) -> ZooProblem:
-    """A GRU adder on ``digits``-digit addition (see :mod:`lopt.zoo.arithmetic`)."""
+    """A GRU adder on ``digits``-digit addition (see :mod:`lopt.zoo.arithmetic`).
+
+    The GRU reads one-hot tokens, so its spec is derived on them: the vocabulary axis of the
+    three input kernels is one ``ByChoice`` id, as the answer classes of the readout are
+    (the token-id rule of :func:`lopt.tasks.derive_spec` would give the same for an
+    embedding lookup).
+    """
     data = arithmetic.addition_problems(digits)
     model = GRUAdder(hidden_size, answer_length=digits + 1)
     apply = lambda params, tokens: model.apply(
