@@ -121,6 +121,7 @@ def zoo_section(run: Path) -> list[str]:
             if env
             else " (machine load not recorded by this run)"
         ),
+        f"* permutation spec (stored in the manifest): {spec_summary(manifest)}",
         "",
         "| metric | mean | std | min | q10 | q25 | median | q75 | q90 | max |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -129,6 +130,25 @@ def zoo_section(run: Path) -> list[str]:
         keys = ("mean", "std", "min", "q10", "q25", "median", "q75", "q90", "max")
         lines.append(f"| {name} | " + " | ".join(f"{spread[k]:.3f}" for k in keys) + " |")
     return [*lines, ""]
+
+
+def spec_summary(manifest: dict) -> str:
+    """The spec's ids by kind, each with the tensor axes it permutes, and the fixed axes."""
+    axes_of: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for tensor, entries in manifest["spec"].items():
+        for position, entry in enumerate(entries):
+            ((kind, name),) = entry.items() if entry else (("fixed", "—"),)
+            axes_of[(kind, name)].append(f"{tensor}:{position}")
+    labels = {"id": "hidden", "by_choice": "by choice", "spatial": "spatial", "fixed": "fixed"}
+    parts = []
+    for (kind, name), axes in sorted(
+        axes_of.items(), key=lambda item: list(labels).index(item[0][0])
+    ):
+        where = ", ".join(axes) if len(axes) <= 4 else f"{len(axes)} axes"
+        parts.append(
+            f"{labels[kind]} `{name}` ({where})" if kind != "fixed" else f"fixed ({where})"
+        )
+    return "; ".join(parts)
 
 
 def ordered(models) -> list[str]:
@@ -160,7 +180,12 @@ def tau_section(results: list[tuple[Path, dict]], figures: Path, page: Path) -> 
             paper = PAPER.get(zoo, {}).get(model)
             config = runs[0][1]["config"]
             shape = config["model"]
-            size = "" if model == "statnn" else f"width {shape['width']}, depth {shape['depth']}, "
+            size = (
+                ""
+                if model == "statnn"
+                else f"width {shape['width']}, depth {shape['depth']}, "
+                f"{shape.get('symmetry', 'np').upper()}, "
+            )
             budget = f"{size}head {shape['head']}, ≤ {config['fit']['max_epochs']} epochs"
             lines.append(
                 f"| {zoo} | {NAMES.get(model, model)} | {fmt(taus)} | {fmt(vals)} | "
@@ -290,7 +315,11 @@ def main() -> None:
         "(MSE on the standardised target, AdamW), keeps the epoch of best validation Kendall τ, "
         "and is scored once on the held-out test split. Every run checks that its trained "
         "predictor is invariant: the largest change of a test prediction when each test network "
-        "is permuted at random per the zoo's spec is the *invariance error*.",
+        "is permuted at random by an element of the predictor's group is the *invariance "
+        "error*. The group is the zoo's spec (NP: hidden neurons and the axes permuted by "
+        "choice: input features, tokens, classes) or its hidden neurons alone (HNP, "
+        "`model.symmetry=hnp`, the by-choice axes read as channels); STATNN's per-tensor "
+        "statistics are invariant to every permutation of a tensor.",
         "",
         "## Zoos",
         "",

@@ -239,6 +239,7 @@ def test_zoo_and_predict_commands_write_their_results(cli_zoo, tmp_path):
     subprocess.run([sys.executable, str(script), *argv], check=True, capture_output=True)
     text = page.read_text()
     assert "| cnn | Deep Sets |" in text and "96 networks" in text
+    assert "by choice `output/axis1` (Dense_0/bias:0, Dense_0/kernel:1)" in text
     assert (tmp_path / "docs" / "weight_space" / "cnn_deepsets.png").stat().st_size > 1000
 
     missing = _compose("predict", [*PREDICT_OVERRIDES, "zoo.target=test_success", zoo_path])
