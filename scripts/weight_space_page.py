@@ -116,8 +116,12 @@ def zoo_section(run: Path) -> list[str]:
         + ")"
         + (
             f", on {env['cpus']} CPU cores with 1-minute load average "
-            f"{env['load_average_start']} at the start and {env['load_average_end']} at the end "
-            "(above the core count, other work shared the machine)"
+            f"{env['load_average_start']} at the start and {env['load_average_end']} at the end"
+            + (
+                " (above the core count, other work shared the machine)"
+                if max(env["load_average_start"], env["load_average_end"]) > env["cpus"]
+                else ""
+            )
             if env
             else " (machine load not recorded by this run)"
         ),
