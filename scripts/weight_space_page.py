@@ -137,22 +137,21 @@ def zoo_section(run: Path) -> list[str]:
 
 
 def spec_summary(manifest: dict) -> str:
-    """The spec's ids by kind, each with the tensor axes it permutes, and the fixed axes."""
+    """The spec's ids by kind, each with the tensor axes it permutes, then the fixed axes."""
+    kinds = {"id": "hidden", "by_choice": "by choice", "spatial": "spatial"}
     axes_of: dict[tuple[str, str], list[str]] = defaultdict(list)
+    fixed = []
     for tensor, entries in manifest["spec"].items():
         for position, entry in enumerate(entries):
-            ((kind, name),) = entry.items() if entry else (("fixed", "—"),)
-            axes_of[(kind, name)].append(f"{tensor}:{position}")
-    labels = {"id": "hidden", "by_choice": "by choice", "spatial": "spatial", "fixed": "fixed"}
-    parts = []
-    for (kind, name), axes in sorted(
-        axes_of.items(), key=lambda item: list(labels).index(item[0][0])
-    ):
-        where = ", ".join(axes) if len(axes) <= 4 else f"{len(axes)} axes"
-        parts.append(
-            f"{labels[kind]} `{name}` ({where})" if kind != "fixed" else f"fixed ({where})"
-        )
-    return "; ".join(parts)
+            if entry is None:
+                fixed.append(f"{tensor}:{position}")
+            else:
+                ((kind, name),) = entry.items()
+                axes_of[(kind, name)].append(f"{tensor}:{position}")
+    where = lambda axes: ", ".join(axes) if len(axes) <= 4 else f"{len(axes)} axes"
+    by_kind = sorted(axes_of.items(), key=lambda item: list(kinds).index(item[0][0]))
+    parts = [f"{kinds[kind]} `{name}` ({where(axes)})" for (kind, name), axes in by_kind]
+    return "; ".join(parts + ([f"fixed ({where(fixed)})"] if fixed else []))
 
 
 def ordered(models) -> list[str]:

@@ -81,11 +81,6 @@ def test_predictors_are_invariant(problem_name, kind):
     assert invariance_error(module, variables, problem.spec, batch, jax.random.key(4)) < 1e-4
 
 
-def _largest_change(module, variables, x, permuted):
-    apply = jax.jit(module.apply)
-    return float(jnp.max(jnp.abs(apply(variables, x) - apply(variables, permuted))))
-
-
 def test_hnp_predictor_is_invariant_to_hidden_neurons_only():
     problem = _small_problem("rnn_addition")
     params = jax.eval_shape(problem.init, jax.random.key(0))
@@ -96,9 +91,11 @@ def test_hnp_predictor_is_invariant_to_hidden_neurons_only():
     by_choice = [i for i in nf.perm_ids(problem.spec) if not nf.is_symmetry(i)]
     assert hidden and by_choice
     assert nf.perm_ids(symmetry_spec(problem.spec, "hnp")) == hidden
+    apply = jax.jit(module.apply)
     for ids, invariant in ((hidden, True), (by_choice, False)):
         perms = nf.random_permutations(jax.random.key(3), problem.spec, x, ids=ids)
-        change = _largest_change(module, variables, x, nf.permute(x, problem.spec, perms))
+        permuted = nf.permute(x, problem.spec, perms)
+        change = float(jnp.max(jnp.abs(apply(variables, x) - apply(variables, permuted))))
         assert (change < 1e-4) == invariant, (ids, change)
     # the run's invariance check draws from the predictor's own group
     batch = jax.tree_util.tree_map(lambda a: a[None], x)
