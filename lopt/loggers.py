@@ -14,10 +14,12 @@ import json
 import math
 import os
 import secrets
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TextIO
 
+from tqdm import std as tqdm_std
 from tqdm.auto import tqdm
 
 Metrics = Mapping[str, float]
@@ -58,6 +60,30 @@ def format_metrics(step: int, metrics: Metrics) -> str:
         else:
             parts.append(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}")
     return "  ".join(parts)
+
+
+def progress_bar(*, enabled: bool = True, file: TextIO | None = None, **options: Any) -> tqdm:
+    """A tqdm progress bar on ``file`` (default: stderr), shown only when ``enabled`` and
+    ``file`` is a terminal (or the bar is a notebook's widget).
+
+    Redirected to a file, a text bar's carriage returns would run into the log lines.
+
+    Args:
+        enabled: whether the caller wants a bar at all.
+        file: the stream to draw on.
+        **options: further keywords of ``tqdm`` (``total``, ``initial``, ``unit``, ...).
+    """
+    stream = sys.stderr if file is None else file
+    shown = enabled and (_is_terminal(stream) or tqdm.display is not tqdm_std.tqdm.display)
+    return tqdm(file=stream, disable=not shown, **options)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 def console_logger(**context: Any) -> Logger:

@@ -7,6 +7,9 @@ The files a reader must never see half-written (a saved optimizer's ``config.jso
 replaces the target in one rename, so a reader sees the old file or the new one, never a
 mix.
 
+Files that must come back exactly as written (a saved optimizer's ``theta.msgpack``, zoo
+shards) are recorded with their :func:`sha256`, which the reader compares.
+
 Every check that one pytree fits another (meta-parameters against an optimizer, gradients
 against params) goes through :func:`tree_mismatch`, so the messages name the offending
 entries the same way everywhere:
@@ -18,9 +21,11 @@ entries the same way everywhere:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -72,6 +77,34 @@ def write_json(path: str | os.PathLike, document: Any) -> Path:
     """Writes ``document`` as indented JSON with sorted keys, atomically (see
     :func:`write_text`); NaN and infinities are refused."""
     return write_text(path, json.dumps(document, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def sha256(source: bytes | str | os.PathLike) -> str:
+    """Hex SHA-256 of ``source``: bytes, or the path of a file whose bytes are hashed."""
+    digest = hashlib.sha256()
+    if isinstance(source, bytes):
+        digest.update(source)
+        return digest.hexdigest()
+    with open(source, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs, as ``key: old -> new``."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{where}: (absent) -> {new[key]!r}")
+            elif key not in new:
+                out.append(f"{where}: {old[key]!r} -> (absent)")
+            else:
+                out.extend(config_differences(old[key], new[key], where))
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 # -- does one pytree fit another ----------------------------------------------------------

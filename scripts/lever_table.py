@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lopt.evaluation.validation import Reference
 from lopt.learned.serialization import read_theta
 
 
@@ -46,7 +47,7 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
     overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
     changed = [o for o in overrides if o not in baseline and not o.startswith("hydra.")]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    validated = [r for r in records if r.get("val_final_loss") is not None]
+    validated = [r for r in records if r.get("val_final_loss_gmean") is not None]
     curve = [f"{r['step']}:{fmt_number(r['val_vs_adam'], 2)}" for r in validated]
     finished = (run_dir / "summary.json").is_file()
     if finished:
@@ -62,11 +63,15 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
         "overrides": " ".join(changed) or "(shared only)",
         "steps": str(summary["steps"]),
         "wall s": fmt_number(summary["wall_time_sec"], 4),
-        "θ0 val": fmt_number(validation.get("theta0_final_loss")),
-        "Adam val (lr)": f"{fmt_number(validation.get('adam_final_loss'))} "
+        "θ0 val": fmt_number(validation.get("theta0_final_loss_gmean")),
+        "Adam val (lr)": f"{fmt_number(validation.get('adam_final_loss_gmean'))} "
         f"({fmt_number(validation.get('adam_learning_rate'), 2)})",
-        "best val (step)": f"{fmt_number(validation.get('best_final_loss'))} "
+        "best val (step)": f"{fmt_number(validation.get('best_final_loss_gmean'))} "
         f"({validation.get('best_step', '—')})",
+        "valid loss θ0 / Adam / best": " / ".join(
+            fmt_number(validation.get(key))
+            for key in ("theta0_valid_loss", "adam_valid_loss", "best_valid_loss")
+        ),
         "best ÷ θ0": fmt_number(validation.get("best_vs_theta0")),
         "best ÷ Adam": fmt_number(validation.get("best_vs_adam")),
         "val ÷ Adam by step": " ".join(curve),
@@ -76,21 +81,25 @@ def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
 
 def partial_validation(run_dir: Path, validated: list[dict]) -> dict:
     """The validation summary of a run stopped before its end, from its own records."""
-    reference = json.loads((run_dir / "validation" / "reference.json").read_text())
-    mean = lambda values: float(np.mean(values)) if None not in values else math.inf
-    theta0, adam = mean(reference["theta0"]["final_loss"]), mean(reference["adam"]["final_loss"])
+    reference = Reference.from_json(
+        json.loads((run_dir / "validation" / "reference.json").read_text())
+    )
+    theta0, adam = reference.theta0.score(), reference.adam.score()
     out = {
-        "theta0_final_loss": theta0,
-        "adam_final_loss": adam,
-        "adam_learning_rate": reference["adam_learning_rate"],
+        "theta0_final_loss_gmean": theta0,
+        "adam_final_loss_gmean": adam,
+        "theta0_valid_loss": reference.theta0.score("valid_loss"),
+        "adam_valid_loss": reference.adam.score("valid_loss"),
+        "adam_learning_rate": reference.adam_learning_rate,
     }
-    best = min(validated, key=lambda r: r["val_final_loss"], default=None)
-    if best is not None and best["val_final_loss"] < theta0:
+    best = min(validated, key=lambda r: r["val_final_loss_gmean"], default=None)
+    if best is not None and best["val_final_loss_gmean"] < theta0:
         out.update(
-            best_final_loss=best["val_final_loss"],
+            best_final_loss_gmean=best["val_final_loss_gmean"],
+            best_valid_loss=best["val_valid_loss"],
             best_step=best["step"],
-            best_vs_theta0=best["val_final_loss"] / theta0,
-            best_vs_adam=best["val_final_loss"] / adam,
+            best_vs_theta0=best["val_final_loss_gmean"] / theta0,
+            best_vs_adam=best["val_final_loss_gmean"] / adam,
         )
     return out
 

@@ -22,14 +22,15 @@ RUNS=${RUNS:-runs/reproduce}
 EVAL=${EVAL:-runs/reproduce/eval}
 EXPERIMENTS=${EXPERIMENTS:-"mlp cnn rnn transformer"}
 RECIPE=${RECIPE:-tuned}
-SEEDS=${SEEDS:-5}                 # evaluation seeds per optimizer
+SEEDS=${SEEDS:-10}                # evaluation seeds per optimizer
 TRAIN_ARGS=${TRAIN_ARGS:-}        # extra lopt-train overrides for every run
 EVAL_ARGS=${EVAL_ARGS:-}          # extra lopt-eval overrides for every evaluation
 
 LOPT_TRAIN=${LOPT_TRAIN:-lopt-train}
 LOPT_EVAL=${LOPT_EVAL:-lopt-eval}
 
-declare -A TASK=([mlp]=mlp_digits [cnn]=cnn_digits [rnn]=rnn_text [transformer]=transformer_text)
+declare -A TASK=([mlp]=mlp_augmented_digits [cnn]=cnn_augmented_digits [rnn]=rnn_text
+                 [transformer]=transformer_text)
 declare -A WIDER=([mlp]="task.width=64" [cnn]="task.channels=[32,64]"
                   [rnn]="task.hidden_size=128" [transformer]="task.width=64")
 

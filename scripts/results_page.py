@@ -31,10 +31,10 @@ from pathlib import Path
 import yaml
 from lever_table import fmt_number, scalars, table
 
+from lopt.evaluation.report import SIGNIFICANCE, verdict
 from lopt.learned.serialization import read_theta
 
 DOCS = Path("docs")
-MAX_COPIED_JSON = 1 << 20  # per-seed curves of long evaluations stay in their run directory
 
 
 def command(directory: Path, program: str) -> str:
@@ -45,8 +45,9 @@ def command(directory: Path, program: str) -> str:
 def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[str]:
     lines = [
         "| optimizer | outer steps | wall time (s) | inner steps/s | best θ at step | "
-        "validation ÷ θ0 | validation ÷ Adam | learned scalars (best θ) | commit |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "validation ÷ θ0 | validation ÷ Adam | valid loss: best θ / θ0 / Adam | "
+        "learned scalars (best θ) | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     commands, figures = [], []
     for label, path in runs.items():
@@ -59,6 +60,11 @@ def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[st
             f"{fmt_number(summary['inner_steps_per_sec'])} | {validation.get('best_step', '—')} | "
             f"{fmt_number(validation.get('best_vs_theta0'))} | "
             f"{fmt_number(validation.get('best_vs_adam'))} | "
+            + " / ".join(
+                fmt_number(validation.get(key))
+                for key in ("best_valid_loss", "theta0_valid_loss", "adam_valid_loss")
+            )
+            + " | "
             + ", ".join(f"{k} {fmt_number(v)}" for k, v in learned.items())
             + f" | {(summary.get('environment') or {}).get('commit', '—')} |"
         )
@@ -79,10 +85,8 @@ def evaluation_section(task: str, evaluations: dict[str, str], out: Path) -> lis
         directory = Path(path)
         target = out / label
         target.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "curves.png"):
+        for name in ("results.md", "curves.png", "results.json"):
             shutil.copy2(directory / name, target / name)
-        if (directory / "results.json").stat().st_size <= MAX_COPIED_JSON:
-            shutil.copy2(directory / "results.json", target / "results.json")
         report = (directory / "results.md").read_text().split("\n", 2)[2]  # drop the title
         lines += [
             f"#### {label}",
@@ -101,7 +105,8 @@ def evaluation_section(task: str, evaluations: dict[str, str], out: Path) -> lis
 
 def targets_section(evaluations: dict[str, str], learned: str = "unf") -> list[str]:
     """For each evaluation, ``learned``'s final training loss against every other optimizer,
-    paired over seeds: lower by more than 2 paired standard errors (z < -2) or not."""
+    paired over seeds in log space: the geometric mean ratio, the paired t-test's p-value and
+    the seeds won, and whether it is significantly lower."""
     rows, others = [], []
     for label, path in evaluations.items():
         summary = json.loads((Path(path) / "results.json").read_text())
@@ -113,9 +118,10 @@ def targets_section(evaluations: dict[str, str], learned: str = "unf") -> list[s
     if not rows:
         return []
     lines = [
-        f"{learned}'s final training loss minus each other optimizer's, paired over the "
-        "evaluation seeds: mean difference and z = mean ÷ paired standard error; **lower** "
-        "where z < −2.",
+        f"{learned}'s final training loss against each other optimizer's, paired over the "
+        "evaluation seeds in log space: the geometric mean of the per-seed ratios, the "
+        "two-sided p-value of the paired t-test on the log differences, and the seeds "
+        f"{learned} wins of all; **lower** / **higher** where p < {SIGNIFICANCE:g}.",
         "",
         "| check | " + " | ".join(others) + " |",
         "|---|" + "---|" * len(others),
@@ -124,13 +130,14 @@ def targets_section(evaluations: dict[str, str], learned: str = "unf") -> list[s
         cells = []
         for other in others:
             entry = paired.get(other)
-            if entry is None or entry["mean"] is None:
+            if entry is None or entry["ratio"] is None:
                 cells.append("—")
                 continue
-            z = entry["z"]
-            verdict = "**lower**" if z is not None and z < -2 else "not lower"
-            shown = "—" if z is None else f"{z:.3g}"
-            cells.append(f"{entry['mean']:.3g} (z {shown}): {verdict}")
+            p = "—" if entry["p_value"] is None else f"{entry['p_value']:.2g}"
+            seeds = entry["wins"] + entry["losses"] + entry["ties"]
+            shown = verdict(entry)
+            shown = f"**{shown}**" if shown != "not significant" else shown
+            cells.append(f"×{entry['ratio']:.3g} (p {p}, wins {entry['wins']}/{seeds}): {shown}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 

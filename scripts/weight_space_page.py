@@ -91,7 +91,8 @@ def load_results(root: Path) -> list[tuple[Path, dict]]:
 
 def zoo_section(run: Path) -> list[str]:
     summary = json.loads((run / "summary.json").read_text())
-    manifest = json.loads((Path(summary["zoo"]) / "manifest.json").read_text())
+    # relative to the run directory (older summaries hold an absolute path)
+    manifest = json.loads((run / summary["zoo"] / "manifest.json").read_text())
     description, timing = manifest["description"], summary.get("timing_this_run")
     env = summary.get("environment", {})
     # runs before the summary recorded its config have Hydra's copy only

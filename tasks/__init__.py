@@ -1,6 +1,6 @@
 """Inner tasks: flax models, data drawn inside jit, and derived permutation specs.
 
->>> task = get_task("mlp_digits")
+>>> task = get_task("mlp_augmented_digits")
 >>> params = task.init(jax.random.key(0))
 >>> loss = task.loss(params, task.batch(jax.random.key(1)))
 """
@@ -8,7 +8,9 @@
 from lopt.nf.derive import derive_spec
 
 from .base import (
+    ImageAugmentation,
     Task,
+    augment_images,
     classification_loss,
     classification_metrics,
     image_sampler,
@@ -20,9 +22,11 @@ from .data import DatasetNotPreparedError, area_resize, prepare_instructions
 from .models import CNN, MLP, RNNLM, TransformerBlock, TransformerLM, identity_init
 from .registry import (
     EMBEDDED_TASKS,
+    cnn_augmented_digits,
     cnn_cifar10,
     cnn_digits,
     get_task,
+    mlp_augmented_digits,
     mlp_digits,
     mlp_fashion_mnist,
     register_task,
@@ -41,15 +45,18 @@ __all__ = [
     "MLP",
     "RNNLM",
     "DatasetNotPreparedError",
+    "ImageAugmentation",
     "SymmetryError",
     "SymmetryReport",
     "Task",
     "TransformerBlock",
     "TransformerLM",
     "area_resize",
+    "augment_images",
     "check_symmetry",
     "classification_loss",
     "classification_metrics",
+    "cnn_augmented_digits",
     "cnn_cifar10",
     "cnn_digits",
     "derive_spec",
@@ -58,6 +65,7 @@ __all__ = [
     "image_sampler",
     "language_model_metrics",
     "make_task",
+    "mlp_augmented_digits",
     "mlp_digits",
     "mlp_fashion_mnist",
     "prepare_instructions",

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -43,7 +43,10 @@ Sampler = Callable[[SplitData, jax.Array, int], Batch]
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 MetricsFn = Callable[[jax.Array, jax.Array], dict[str, jax.Array]]
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "valid", "test")
+"""Every task's splits, of distinct examples: inner training draws from ``train``, meta-training's
+held-out objective and meta-validation from ``valid``, the evaluation's held-out metrics from
+``test``."""
 
 
 class _StaticFields:
@@ -64,8 +67,9 @@ class Task:
         name: registry name, e.g. ``"mlp_digits"``.
         model: the flax module; ``model.apply({"params": p}, inputs)`` gives logits.
         spec: permutation spec of the params (derived by :func:`derive_spec`).
-        data: ``{"train": split, "test": split}``, each split a dict of device arrays
-            (``images``/``labels`` or ``tokens``). The only pytree leaves of a task.
+        data: ``{"train": split, "valid": split, "test": split}`` (:data:`SPLITS`), each a
+            dict of device arrays (``images``/``labels`` or ``tokens``). The only pytree
+            leaves of a task.
         sampler: ``sampler(split, key, batch_size) -> {"inputs", "targets"}``; pure.
         loss_fn: ``loss_fn(logits, targets) -> scalar`` mean negative log-likelihood.
         metrics_fn: ``metrics_fn(logits, targets) -> {name: scalar}``.
@@ -125,7 +129,7 @@ class Task:
         return self.metrics_fn(self.apply(params, batch["inputs"]), batch["targets"])
 
     def batch(self, key: jax.Array, split: str = "train") -> Batch:
-        """Draws a random batch from ``split`` (``"train"`` or ``"test"``); jit/vmap-safe.
+        """Draws a random batch from ``split`` (one of :data:`SPLITS`); jit/vmap-safe.
 
         Returns:
             ``{"inputs": ..., "targets": ...}``: images ``(B, ...)`` float32 in [0, 1] with
@@ -175,17 +179,100 @@ def language_model_metrics(logits: jax.Array, targets: jax.Array) -> dict[str, j
     return {"loss": loss, "perplexity": jnp.exp(loss), "bits_per_byte": loss / jnp.log(2.0)}
 
 
-def image_sampler(scale: float, flatten: bool) -> Sampler:
+class ImageAugmentation(NamedTuple):
+    """Random distortions drawn afresh for every image of every batch (all splits alike, so
+    training and held-out images come from one distribution).
+
+    Each image is resampled (bilinear, zero outside) through a random affine map about its
+    centre, then Gaussian pixel noise is added and the result clipped to [0, 1].
+
+    Attributes:
+        rotation: largest rotation, degrees (uniform in ``[-rotation, rotation]``).
+        scale: largest relative zoom (factor uniform in ``[1 - scale, 1 + scale]``, per axis).
+        shear: largest shear factor (uniform in ``[-shear, shear]``).
+        translation: largest shift in pixels (uniform per axis).
+        noise: standard deviation of the additive pixel noise (pixels in [0, 1]).
+    """
+
+    rotation: float = 15.0
+    scale: float = 0.1
+    shear: float = 0.15
+    translation: float = 1.0
+    noise: float = 0.1
+
+    def check(self) -> None:
+        """Raises a ValueError naming the first option outside its range."""
+        for name, value in self._asdict().items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"augmentation {name} must be a finite number >= 0, got {value!r}")
+        if self.scale >= 1:
+            raise ValueError(
+                f"augmentation scale must be < 1 (zoom factors 1 ± scale), got {self.scale}"
+            )
+
+
+def _affine_maps(key: jax.Array, count: int, augmentation: ImageAugmentation) -> jax.Array:
+    """``(count, 2, 3)`` maps from an output pixel's centred (row, column) to the input's."""
+    keys = jax.random.split(key, 4)
+    uniform = lambda k, shape, bound: jax.random.uniform(k, shape, minval=-bound, maxval=bound)
+    angle = uniform(keys[0], (count,), math.radians(augmentation.rotation))
+    zoom = 1.0 + uniform(keys[1], (count, 2), augmentation.scale)
+    shear = uniform(keys[2], (count,), augmentation.shear)
+    shift = uniform(keys[3], (count, 2), augmentation.translation)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    rotate = jnp.stack([jnp.stack([cos, -sin], -1), jnp.stack([sin, cos], -1)], -2)
+    ones, zeros = jnp.ones_like(shear), jnp.zeros_like(shear)
+    skew = jnp.stack([jnp.stack([ones, shear], -1), jnp.stack([zeros, ones], -1)], -2)
+    linear = rotate @ skew / zoom[:, None, :]
+    return jnp.concatenate([linear, shift[..., None]], axis=-1)
+
+
+def _resample(image: jax.Array, affine: jax.Array) -> jax.Array:
+    """Bilinear resampling of one ``(H, W, C)`` image through a ``(2, 3)`` affine map."""
+    height, width, channels = image.shape
+    centre = jnp.array([(height - 1) / 2, (width - 1) / 2])
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(height), jnp.arange(width), indexing="ij"), -1)
+    points = grid.reshape(-1, 2) - centre
+    source = points @ affine[:, :2].T + affine[:, 2] + centre  # (H*W, 2)
+    low = jnp.floor(source)
+    frac = source - low
+    # One zero row/column before and two after: every clipped corner lands on zeros.
+    padded = jnp.pad(image, ((1, 2), (1, 2), (0, 0))).reshape(-1, channels)
+    row = jnp.clip(low[:, 0], -1, height).astype(jnp.int32) + 1
+    col = jnp.clip(low[:, 1], -1, width).astype(jnp.int32) + 1
+    stride = width + 3
+    pixel = lambda r, c: jnp.take(padded, r * stride + c, axis=0)
+    top = pixel(row, col) * (1 - frac[:, 1:]) + pixel(row, col + 1) * frac[:, 1:]
+    bottom = pixel(row + 1, col) * (1 - frac[:, 1:]) + pixel(row + 1, col + 1) * frac[:, 1:]
+    return (top * (1 - frac[:, :1]) + bottom * frac[:, :1]).reshape(height, width, channels)
+
+
+def augment_images(images: jax.Array, key: jax.Array, augmentation: ImageAugmentation) -> jax.Array:
+    """Applies :class:`ImageAugmentation` to ``(B, H, W, C)`` images in [0, 1]; jit/vmap-safe."""
+    affine_key, noise_key = jax.random.split(key)
+    maps = _affine_maps(affine_key, images.shape[0], augmentation)
+    warped = jax.vmap(_resample)(images, maps)
+    noisy = warped + augmentation.noise * jax.random.normal(noise_key, warped.shape)
+    return jnp.clip(noisy, 0.0, 1.0)
+
+
+def image_sampler(
+    scale: float, flatten: bool, augmentation: ImageAugmentation | None = None
+) -> Sampler:
     """Sampler of ``{"images": uint8 (N, H, W, C), "labels": (N,)}`` splits.
 
     Draws ``batch_size`` example indices uniformly with replacement; images are scaled by
-    ``scale`` to [0, 1] (and flattened to ``(B, H*W*C)`` if ``flatten``).
+    ``scale`` to [0, 1], distorted by ``augmentation`` if given (:func:`augment_images`),
+    and flattened to ``(B, H*W*C)`` if ``flatten``.
     """
 
     def sample(split: SplitData, key: jax.Array, batch_size: int) -> Batch:
         count = split["labels"].shape[0]
-        index = jax.random.randint(key, (batch_size,), 0, count)
+        index_key, augment_key = jax.random.split(key)
+        index = jax.random.randint(index_key if augmentation else key, (batch_size,), 0, count)
         images = split["images"][index].astype(jnp.float32) * scale
+        if augmentation is not None:
+            images = augment_images(images, augment_key, augmentation)
         if flatten:
             images = images.reshape(batch_size, -1)
         return {"inputs": images, "targets": split["labels"][index].astype(jnp.int32)}

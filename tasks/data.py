@@ -1,23 +1,34 @@
-"""Datasets of the inner tasks, as numpy arrays split into ``train`` and ``test``.
+"""Datasets of the inner tasks, as numpy arrays split into ``train``, ``valid`` and ``test``.
+
+Three splits of distinct examples, never mixed: inner training draws from ``train``,
+meta-training's held-out objective and meta-validation from ``valid``, and only the
+evaluation's held-out metrics (``lopt-eval``) from ``test``.
 
 Embedded (offline, shipped with the dependencies):
 
-* **digits**: scikit-learn's ``load_digits``, 1797 8x8 grey images with values 0..16.
-  Split: a fixed shuffle (``numpy.random.default_rng(0)``), the first 80% (1438 images)
-  for ``train``, the other 359 for ``test``.
+* **digits**: scikit-learn's ``load_digits``, 1797 8x8 grey images with values 0..16, all
+  distinct. Split: a fixed shuffle (``numpy.random.default_rng(0)``) of the distinct images;
+  the first 180 are ``test``, the next 179 ``valid``, the other 1438 ``train``.
 * **pydoc text**: CPython's ``pydoc_data.topics.topics`` (the help texts), the topics in
-  sorted key order joined by blank lines, UTF-8 encoded (~470k bytes). Split: the first
-  90% of the bytes for ``train``, the last 10% for ``test`` (contiguous, so no training
-  window overlaps held-out text).
+  sorted key order joined by blank lines, UTF-8 encoded (~465k bytes). The text is cut into
+  paragraphs (at blank lines); a paragraph that repeats an earlier one ("See also:", shared
+  notes and examples, ~90k bytes) is dropped, so no paragraph is in two splits. The distinct
+  paragraphs, in corpus order, are grouped into blocks of about :data:`TEXT_BLOCK_BYTES`,
+  and a fixed shuffle of the blocks gives 80% of the bytes to ``train`` and 10% each to
+  ``valid`` and ``test``. Each split is its blocks joined by blank lines in corpus order:
+  distinct spans of the corpus, with the same mix of topics in every split.
 
 Real (tensorflow-datasets, read with ``tfds.data_source`` from ``array_record`` files, no
 TensorFlow needed to read; preparing them needs TensorFlow and the internet once):
 
 * images (``fashion_mnist``, ``cifar10``; features ``image``/``label``): the dataset's
-  own ``train``/``test`` splits, resized by exact area averaging (:func:`area_resize`)
-  and stored as uint8.
+  own ``test`` split; its ``train`` split shuffled once (``default_rng(0)``), the first
+  :data:`TFDS_VALID_FRACTION` of it ``valid`` and the rest ``train``; resized by exact area
+  averaging (:func:`area_resize`) and stored as uint8.
 * text (``lm1b``; feature ``text``): sentences in stored order (tfds shuffles them when
-  preparing) joined by newlines into one byte stream, up to a byte budget per split.
+  preparing) joined by newlines into one byte stream, up to a byte budget per split: the
+  first ``max_train_bytes`` of the training sentences are ``train``, the next
+  ``max_valid_bytes`` ``valid``, and the dataset's own test sentences ``test``.
 
 Arrays stay uint8 (4x smaller than float32); samplers convert batches to float inside jit.
 """
@@ -33,8 +44,13 @@ import numpy as np
 Split = dict[str, np.ndarray]
 Splits = dict[str, Split]
 
-DIGITS_TEST_FRACTION = 0.2
-TEXT_TEST_FRACTION = 0.1
+SPLIT_NAMES = ("train", "valid", "test")
+DIGITS_HELD_OUT = {"test": 180, "valid": 179}
+"""Images of each held-out split of the digits, taken in this order from the shuffle."""
+TEXT_HELD_OUT_FRACTIONS = {"valid": 0.1, "test": 0.1}
+TEXT_BLOCK_BYTES = 2048
+TFDS_VALID_FRACTION = 1 / 12
+"""Of a tensorflow-datasets image dataset's ``train`` split (FashionMNIST: 5,000 of 60,000)."""
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -57,6 +73,33 @@ def prepare_instructions(name: str, data_dir: str | None) -> str:
     )
 
 
+def first_occurrences(images: np.ndarray) -> np.ndarray:
+    """Indices of the first occurrence of every distinct example, in their original order.
+
+    Args:
+        images: ``(N, ...)`` examples, compared by content.
+
+    Returns:
+        ``(M,)`` sorted indices, ``M <= N``.
+    """
+    rows = np.ascontiguousarray(images.reshape(images.shape[0], -1))
+    _, first = np.unique(rows, axis=0, return_index=True)
+    return np.sort(first)
+
+
+def split_indices(order: np.ndarray, held_out: dict[str, int]) -> dict[str, np.ndarray]:
+    """Cuts a shuffled index array into held-out splits (in ``held_out``'s order) and
+    ``train`` (the rest)."""
+    splits, start = {}, 0
+    for name, count in held_out.items():
+        splits[name] = order[start : start + count]
+        start += count
+    if start >= len(order):
+        raise ValueError(f"held-out splits of {start} examples leave none of {len(order)} to train")
+    splits["train"] = order[start:]
+    return {name: splits[name] for name in SPLIT_NAMES}
+
+
 @functools.cache
 def digits_images() -> Splits:
     """scikit-learn's 8x8 digits: ``images`` uint8 (N, 8, 8, 1) in 0..16, ``labels`` int32."""
@@ -65,24 +108,76 @@ def digits_images() -> Splits:
     digits = load_digits()
     images = digits.images.astype(np.uint8)[..., None]
     labels = digits.target.astype(np.int32)
-    order = np.random.default_rng(0).permutation(len(labels))
-    test_count = round(len(labels) * DIGITS_TEST_FRACTION)
-    train, test = order[test_count:], order[:test_count]
+    distinct = first_occurrences(images)
+    order = distinct[np.random.default_rng(0).permutation(len(distinct))]
     return {
-        "train": {"images": images[train], "labels": labels[train]},
-        "test": {"images": images[test], "labels": labels[test]},
+        name: {"images": images[index], "labels": labels[index]}
+        for name, index in split_indices(order, DIGITS_HELD_OUT).items()
+    }
+
+
+def text_blocks(paragraphs: list[str], block_bytes: int) -> list[list[str]]:
+    """Consecutive paragraphs grouped into blocks of at least ``block_bytes`` UTF-8 bytes
+    (the last block may be shorter)."""
+    blocks: list[list[str]] = [[]]
+    size = 0
+    for paragraph in paragraphs:
+        blocks[-1].append(paragraph)
+        size += len(paragraph.encode("utf-8")) + 2
+        if size >= block_bytes:
+            blocks.append([])
+            size = 0
+    return [block for block in blocks if block]
+
+
+def split_text(
+    text: str, held_out: dict[str, float], block_bytes: int = TEXT_BLOCK_BYTES, seed: int = 0
+) -> dict[str, list[str]]:
+    """Splits a text into distinct paragraphs per split (see the module docstring).
+
+    Args:
+        text: the corpus; paragraphs are separated by blank lines.
+        held_out: ``{split: fraction of the bytes}`` of the held-out splits.
+        block_bytes: approximate bytes of a block of consecutive paragraphs.
+        seed: the blocks' shuffle.
+
+    Returns:
+        ``{split: paragraphs}`` for every split of :data:`SPLIT_NAMES`, each in corpus order;
+        no paragraph appears twice.
+    """
+    seen: set[str] = set()
+    paragraphs = []
+    for paragraph in text.split("\n\n"):
+        if paragraph.strip() and paragraph not in seen:
+            seen.add(paragraph)
+            paragraphs.append(paragraph)
+    blocks = text_blocks(paragraphs, block_bytes)
+    sizes = np.array([sum(len(p.encode("utf-8")) + 2 for p in block) for block in blocks])
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    owner = np.full(len(blocks), "train", dtype=object)
+    start, total = 0, sizes.sum()
+    for name, fraction in held_out.items():
+        taken = np.cumsum(sizes[order[start:]]) <= fraction * total
+        count = max(1, int(taken.sum()))
+        owner[order[start : start + count]] = name
+        start += count
+    return {
+        name: [p for block, who in zip(blocks, owner, strict=True) if who == name for p in block]
+        for name in SPLIT_NAMES
     }
 
 
 @functools.cache
 def pydoc_text() -> Splits:
-    """CPython's pydoc topic texts as one UTF-8 byte stream: ``tokens`` uint8 (N,)."""
+    """CPython's pydoc topic texts as UTF-8 byte streams: ``tokens`` uint8 (N,) per split."""
     from pydoc_data import topics
 
     text = "\n\n".join(topics.topics[key] for key in sorted(topics.topics))
-    tokens = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    cut = round(len(tokens) * (1 - TEXT_TEST_FRACTION))
-    return {"train": {"tokens": tokens[:cut].copy()}, "test": {"tokens": tokens[cut:].copy()}}
+    splits = split_text(text, TEXT_HELD_OUT_FRACTIONS)
+    encode = lambda paragraphs: np.frombuffer(
+        "\n\n".join(paragraphs).encode("utf-8"), dtype=np.uint8
+    ).copy()
+    return {name: {"tokens": encode(paragraphs)} for name, paragraphs in splits.items()}
 
 
 def _area_weights(source: int, target: int) -> np.ndarray:
@@ -156,9 +251,10 @@ def tfds_images(name: str, data_dir: str | None, image_size: int) -> Splits:
     """Image classification data from tfds (features ``image``, ``label``), area-resized.
 
     Returns:
-        ``{"train"|"test": {"images": uint8 (N, s, s, C), "labels": int32 (N,)}}``.
+        ``{"train"|"valid"|"test": {"images": uint8 (N, s, s, C), "labels": int32 (N,)}}``;
+        ``valid`` is carved from the dataset's ``train`` split (module docstring).
     """
-    splits: Splits = {}
+    loaded: Splits = {}
     for split in ("train", "test"):
         records = _read_all(_data_source(name, split, data_dir))
         if not records or "image" not in records[0] or "label" not in records[0]:
@@ -169,35 +265,58 @@ def tfds_images(name: str, data_dir: str | None, image_size: int) -> Splits:
         labels = np.asarray([r["label"] for r in records], dtype=np.int32)
         if images.shape[1:3] != (image_size, image_size):
             images = area_resize(images, image_size)
-        splits[split] = {"images": images, "labels": labels}
-    return splits
+        loaded[split] = {"images": images, "labels": labels}
+    train = loaded["train"]
+    count = len(train["labels"])
+    order = np.random.default_rng(0).permutation(count)
+    valid_count = max(1, round(count * TFDS_VALID_FRACTION))
+    cut = split_indices(order, {"valid": valid_count, "test": 0})
+    return {
+        "train": {key: value[cut["train"]] for key, value in train.items()},
+        "valid": {key: value[cut["valid"]] for key, value in train.items()},
+        "test": loaded["test"],
+    }
+
+
+def _read_text(source: Any, budget: int, chunk: int) -> bytes:
+    """The first ``budget`` bytes of ``source``'s sentences joined by newlines."""
+    pieces: list[bytes] = []
+    total = 0
+    for start in range(0, len(source), chunk):
+        batch = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
+        for record in batch:
+            text = record["text"]
+            piece = (text.encode("utf-8") if isinstance(text, str) else bytes(text)) + b"\n"
+            pieces.append(piece)
+            total += len(piece)
+        if total >= budget:
+            break
+    return b"".join(pieces)[:budget]
 
 
 @functools.lru_cache(maxsize=8)
 def tfds_text(
-    name: str, data_dir: str | None, max_train_bytes: int, max_test_bytes: int, chunk: int = 4096
+    name: str,
+    data_dir: str | None,
+    max_train_bytes: int,
+    max_valid_bytes: int,
+    max_test_bytes: int,
+    chunk: int = 4096,
 ) -> Splits:
     """Byte-level text from tfds (feature ``text``): sentences joined by newlines.
 
-    Reads sentences in stored order until the split's byte budget is reached.
+    Reads sentences in stored order until the split's byte budget is reached; ``valid`` is
+    the ``max_valid_bytes`` that follow ``train`` in the dataset's training stream.
 
     Returns:
-        ``{"train"|"test": {"tokens": uint8 (N,)}}`` with ``N <= budget``.
+        ``{"train"|"valid"|"test": {"tokens": uint8 (N,)}}`` with ``N <= budget``.
     """
-    splits: Splits = {}
-    for split, budget in (("train", max_train_bytes), ("test", max_test_bytes)):
-        source = _data_source(name, split, data_dir)
-        pieces: list[bytes] = []
-        total = 0
-        for start in range(0, len(source), chunk):
-            batch = source.__getitems__(list(range(start, min(start + chunk, len(source)))))
-            for record in batch:
-                text = record["text"]
-                piece = (text.encode("utf-8") if isinstance(text, str) else bytes(text)) + b"\n"
-                pieces.append(piece)
-                total += len(piece)
-            if total >= budget:
-                break
-        stream = b"".join(pieces)[:budget]
-        splits[split] = {"tokens": np.frombuffer(stream, dtype=np.uint8).copy()}
-    return splits
+    train_source = _data_source(name, "train", data_dir)
+    train = _read_text(train_source, max_train_bytes + max_valid_bytes, chunk)
+    test = _read_text(_data_source(name, "test", data_dir), max_test_bytes, chunk)
+    as_tokens = lambda stream: {"tokens": np.frombuffer(stream, dtype=np.uint8).copy()}
+    return {
+        "train": as_tokens(train[:max_train_bytes]),
+        "valid": as_tokens(train[max_train_bytes:]),
+        "test": as_tokens(test),
+    }

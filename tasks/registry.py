@@ -3,9 +3,13 @@
 ==================  ===================================================  ==================
 name                model (defaults = the paper's sizes)                 data
 ==================  ===================================================  ==================
-mlp_digits          MLP 64 -> 32 -> 10, ReLU, batch 128                  sklearn digits 8x8
-cnn_digits          conv 16, conv 32 (3x3, SAME), global avg pool,       sklearn digits
-                    linear, batch 128                                    8x8x1
+mlp_augmented_digits  MLP 64 -> 32 -> 10, ReLU, batch 128                sklearn digits 8x8,
+                                                                         a new random
+                                                                         distortion per draw
+cnn_augmented_digits  conv 16, conv 32 (3x3, SAME), global avg pool,     as above, 8x8x1
+                      linear, batch 128
+mlp_digits          as mlp_augmented_digits                              sklearn digits 8x8
+cnn_digits          as cnn_augmented_digits                              sklearn digits 8x8x1
 rnn_text            IRNN LM: byte embed 32, ReLU cell 64, batch 64,      pydoc topics bytes
                     seq 16
 transformer_text    pre-LN LM: d 32, 4 heads, MLP 128, 2 blocks,         pydoc topics bytes
@@ -29,12 +33,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 
 from . import data as datasets
 from .base import (
+    ImageAugmentation,
     Task,
     classification_loss,
     classification_metrics,
@@ -75,15 +80,43 @@ def _options(arguments: dict) -> dict:
     }
 
 
+class Images(NamedTuple):
+    """Image data as a source loads it: the splits, the factor taking pixels to [0, 1], and
+    the random distortion of every drawn image (None: the images as stored)."""
+
+    splits: Splits
+    scale: float
+    augmentation: ImageAugmentation | None = None
+
+
 # -- data sources: their options, returning the splits (and images' pixel scale) --------
-def _digits() -> tuple[Splits, float]:
+def _digits() -> Images:
     """scikit-learn's 8x8 digits, embedded in the package."""
-    return datasets.digits_images(), DIGITS_SCALE
+    return Images(datasets.digits_images(), DIGITS_SCALE)
+
+
+_AUGMENTATION = ImageAugmentation()
+
+
+def _augmented_digits(
+    rotation: float = _AUGMENTATION.rotation,
+    scale: float = _AUGMENTATION.scale,
+    shear: float = _AUGMENTATION.shear,
+    translation: float = _AUGMENTATION.translation,
+    noise: float = _AUGMENTATION.noise,
+) -> Images:
+    """scikit-learn's 8x8 digits, every drawn image distorted afresh (all splits alike):
+    a random affine map (rotation in degrees, zoom 1 ± scale per axis, shear, translation in
+    pixels) and Gaussian pixel noise (:class:`tasks.base.ImageAugmentation`). No two draws
+    are the same image, so a run cannot memorise its training examples."""
+    augmentation = ImageAugmentation(rotation, scale, shear, translation, noise)
+    augmentation.check()
+    return Images(datasets.digits_images(), DIGITS_SCALE, augmentation)
 
 
 def _fashion_mnist(
     image_size: int = 8, data_dir: str | None = None, dataset: str = "fashion_mnist"
-) -> tuple[Splits, float]:
+) -> Images:
     """FashionMNIST from tensorflow-datasets.
 
     Args:
@@ -92,15 +125,13 @@ def _fashion_mnist(
             ``~/tensorflow_datasets``).
         dataset: the tensorflow-datasets name.
     """
-    return datasets.tfds_images(dataset, data_dir, image_size), PIXEL_SCALE
+    return Images(datasets.tfds_images(dataset, data_dir, image_size), PIXEL_SCALE)
 
 
-def _cifar10(
-    image_size: int = 16, data_dir: str | None = None, dataset: str = "cifar10"
-) -> tuple[Splits, float]:
+def _cifar10(image_size: int = 16, data_dir: str | None = None, dataset: str = "cifar10") -> Images:
     """CIFAR-10 from tensorflow-datasets; options as :func:`_fashion_mnist` (the UNF paper
     average-pools the images to 16x16)."""
-    return datasets.tfds_images(dataset, data_dir, image_size), PIXEL_SCALE
+    return Images(datasets.tfds_images(dataset, data_dir, image_size), PIXEL_SCALE)
 
 
 def _pydoc() -> Splits:
@@ -112,11 +143,13 @@ def _lm1b(
     data_dir: str | None = None,
     dataset: str = "lm1b",
     max_train_bytes: int = 1 << 24,
+    max_valid_bytes: int = 1 << 20,
     max_test_bytes: int = 1 << 20,
 ) -> Splits:
     """LM1B from tensorflow-datasets as bytes: the first ``max_train_bytes`` of its training
-    text and ``max_test_bytes`` of its test text."""
-    return datasets.tfds_text(dataset, data_dir, max_train_bytes, max_test_bytes)
+    text (``train``), the ``max_valid_bytes`` after them (``valid``) and ``max_test_bytes`` of
+    its test text (``test``)."""
+    return datasets.tfds_text(dataset, data_dir, max_train_bytes, max_valid_bytes, max_test_bytes)
 
 
 # -- models: their size options, returning how to build the task on loaded data ---------
@@ -127,19 +160,18 @@ Build = Callable[[str, Any, dict], Task]
 
 def _classifier(
     name: str,
-    images: tuple[Splits, float],
+    images: Images,
     config: dict,
     *,
     model: Callable[..., nn.Module],
     flatten: bool,
     batch_size: int,
 ) -> Task:
-    splits, scale = images
     return make_task(
         name=name,
-        model=model(num_classes=_num_classes(name, splits)),
-        data=splits,
-        sampler=image_sampler(scale, flatten=flatten),
+        model=model(num_classes=_num_classes(name, images.splits)),
+        data=images.splits,
+        sampler=image_sampler(images.scale, flatten=flatten, augmentation=images.augmentation),
         loss_fn=classification_loss,
         metrics_fn=classification_metrics,
         batch_size=batch_size,
@@ -162,14 +194,26 @@ def _language_model(
     )
 
 
+def _check_sizes(minimum: int, **sizes: Any) -> None:
+    """Refuses a size option that is not an int of at least ``minimum``, naming the option
+    and its valid range; a size of zero would otherwise fail deep in the model's
+    initialisation (a division by zero), far from the option that caused it."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not hasattr(type(value), "__index__") or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
 def _mlp(width: int = 32, depth: int = 1, batch_size: int = 128) -> Build:
     """An MLP on flattened images, ``depth`` hidden ReLU layers of ``width`` units."""
+    _check_sizes(1, width=width)
+    _check_sizes(0, depth=depth)
     model = functools.partial(MLP, hidden_sizes=(width,) * depth)
     return functools.partial(_classifier, model=model, flatten=True, batch_size=batch_size)
 
 
 def _cnn(channels: Sequence[int] = (16, 32), stride: int = 1, batch_size: int = 128) -> Build:
     """A CNN: 3x3 convolutions of ``channels``, global average pooling, a linear layer."""
+    _check_sizes(1, stride=stride, **{f"channels[{i}]": c for i, c in enumerate(channels)})
     model = functools.partial(CNN, channels=tuple(channels), stride=stride)
     return functools.partial(_classifier, model=model, flatten=False, batch_size=batch_size)
 
@@ -178,6 +222,7 @@ def _rnn(
     hidden_size: int = 64, embed_size: int = 32, batch_size: int = 64, seq_len: int = 16
 ) -> Build:
     """A byte-level identity-initialised ReLU RNN language model."""
+    _check_sizes(1, hidden_size=hidden_size, embed_size=embed_size, seq_len=seq_len)
     model = RNNLM(vocab_size=BYTE_VOCAB, embed_size=embed_size, hidden_size=hidden_size)
     return functools.partial(_language_model, model=model, batch_size=batch_size, seq_len=seq_len)
 
@@ -191,6 +236,8 @@ def _transformer(
     seq_len: int = 8,
 ) -> Build:
     """A byte-level pre-LayerNorm transformer language model with learned positions."""
+    _check_sizes(1, width=width, num_heads=num_heads, mlp_size=mlp_size, seq_len=seq_len)
+    _check_sizes(0, depth=depth)
     if width % num_heads:
         raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
     model = TransformerLM(
@@ -235,6 +282,19 @@ def _task(
 
 
 # -- embedded data ----------------------------------------------------------------------
+mlp_augmented_digits = _task(
+    "mlp_augmented_digits",
+    _mlp,
+    _augmented_digits,
+    "MLP on scikit-learn's 8x8 digits, each drawn image randomly distorted (never the same "
+    "example twice).",
+)
+cnn_augmented_digits = _task(
+    "cnn_augmented_digits",
+    _cnn,
+    _augmented_digits,
+    "CNN on scikit-learn's digits as 8x8x1 images, each drawn image randomly distorted.",
+)
 mlp_digits = _task(
     "mlp_digits",
     _mlp,
@@ -277,6 +337,8 @@ transformer_lm1b = _task(
 
 
 _REGISTRY: dict[str, TaskFactory] = {
+    "mlp_augmented_digits": mlp_augmented_digits,
+    "cnn_augmented_digits": cnn_augmented_digits,
     "mlp_digits": mlp_digits,
     "cnn_digits": cnn_digits,
     "rnn_text": rnn_text,
@@ -287,7 +349,14 @@ _REGISTRY: dict[str, TaskFactory] = {
     "transformer_lm1b": transformer_lm1b,
 }
 
-EMBEDDED_TASKS = ("mlp_digits", "cnn_digits", "rnn_text", "transformer_text")
+EMBEDDED_TASKS = (
+    "mlp_augmented_digits",
+    "cnn_augmented_digits",
+    "mlp_digits",
+    "cnn_digits",
+    "rnn_text",
+    "transformer_text",
+)
 
 
 def register_task(name: str, factory: TaskFactory, *, overwrite: bool = False) -> None:

@@ -102,6 +102,8 @@ def test_config_groups_are_complete():
     assert set(GROUPS["lopt"]) == {"unf", "unf_deep", "nfn", "deepsets", "sgdm", "adam"}
     assert set(GROUPS["estimator"]) == {"pes", "tbptt", "es"}
     assert set(GROUPS["task"]) == {
+        "mlp_augmented_digits",
+        "cnn_augmented_digits",
         "mlp_digits",
         "cnn_digits",
         "rnn_text",
@@ -201,6 +203,8 @@ def test_invalid_values_fail_before_any_work():
         composed(["population=3"])
     with pytest.raises(RunError, match=r"lopt.*hidden"):
         build_parts(composed(["lopt.hidden=0"]))
+    with pytest.raises(RunError, match=r"cannot build task.*width must be an int >= 1, got 0"):
+        build_parts(composed(["task=mlp_digits", "task.width=0"]))
     with pytest.raises(RunError, match="schedule"):
         build_parts(composed(["schedule.min_length=50", "schedule.max_length=10"]))
 
@@ -298,24 +302,34 @@ def test_smoke_run_leaves_optimizer_plot_summary_and_metrics(smoke_run):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [5, 10, 15, 20]
     # Validation every 10 steps: its columns are filled on those steps only.
-    validated = {r["step"]: r["val_final_loss"] for r in records if r["val_final_loss"]}
+    validated = {r["step"]: r["val_final_loss_gmean"] for r in records if r["val_final_loss"]}
     assert sorted(validated) == [10, 20] and all(r["val_vs_adam"] for r in records[1::2])
     reference = json.loads((run_dir / "validation" / "reference.json").read_text())
-    theta0 = float(np.mean(reference["theta0"]["final_loss"]))
+    # The best theta is chosen on the geometric mean of the validation runs' final losses.
+    geometric = lambda losses: float(np.exp(np.mean(np.log(losses))))
+    theta0 = geometric(reference["theta0"]["final_loss"])
     best = summary["validation"]
+    assert best["metric"] == "final_loss"
     scores = {0: theta0, **validated}
     assert best["best_step"] == min(scores, key=lambda step: (scores[step], step))
-    assert best["best_final_loss"] == pytest.approx(scores[best["best_step"]], rel=1e-6)
-    assert best["theta0_final_loss"] == pytest.approx(theta0)
+    assert best["best_score"] == pytest.approx(scores[best["best_step"]], rel=1e-6)
+    assert best["best_final_loss_gmean"] == pytest.approx(best["best_score"], rel=1e-6)
+    assert best["theta0_final_loss_gmean"] == pytest.approx(theta0)
     assert best["best_vs_adam"] == pytest.approx(
-        scores[best["best_step"]] / float(np.mean(reference["adam"]["final_loss"])), rel=1e-6
+        scores[best["best_step"]] / geometric(reference["adam"]["final_loss"]), rel=1e-6
     )
+    assert best["best_valid_loss"] > 0 and best["theta0_valid_loss"] > 0
     assert "verdict" in best and best["adam_learning_rate"] in reference["adam_grid"]
     for name in ("optimizer", "optimizer_last"):
         assert (run_dir / name / "theta.msgpack").is_file()
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("step,")
     config = OmegaConf.load(run_dir / "config.yaml")
     assert config.lopt.hidden == 8 and config.estimator.num_pairs == 2
+    assert "logger=wandb" in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+    assert "meta-training unf" in (run_dir / "train.log").read_text()
+    # Paths relative to the run directory: the summary holds none of this machine's.
+    assert summary["optimizer_dir"] == "optimizer"
+    assert str(run_dir.parent) not in (run_dir / "summary.json").read_text()
     assert "summary" in result.stderr + result.stdout
     # wandb ran offline, without an account, and was given the optimizer artifact.
     offline = list((run_dir / "wandb").glob("offline-run-*"))
@@ -341,6 +355,12 @@ def test_exported_optimizer_trains_in_a_plain_optax_loop(smoke_run, tmp_path, ca
     assert sorted(p.name for p in (tmp_path / "a_dir").iterdir()) == ["notes.txt"]
     last = (tmp_path / "last" / "theta.msgpack").read_bytes()
     assert last == (run_dir / "optimizer_last" / "theta.msgpack").read_bytes()
+    with pytest.raises(SystemExit):  # the best theta over the last: only when asked
+        export_main([str(run_dir), "-o", str(tmp_path / "last")])
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "last" / "theta.msgpack").read_bytes() == last
+    export_main([str(run_dir), "-o", str(tmp_path / "last"), "--overwrite"])
+    assert (tmp_path / "last" / "theta.msgpack").read_bytes() == exported
 
     task = get_task("mlp_digits", width=16, batch_size=64)  # another width: theta transfers
     optimizer = load_optimizer(tmp_path / "exported", task.spec)
@@ -361,7 +381,7 @@ def test_exported_optimizer_trains_in_a_plain_optax_loop(smoke_run, tmp_path, ca
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
-    skip = (".hydra", "train.log", "wandb")
+    skip = ("wandb",)  # Hydra's .hydra/ and train.log included: a refusal leaves them too
     return {
         str(p.relative_to(run_dir)): p.read_bytes()
         for p in sorted(run_dir.rglob("*"))
@@ -393,6 +413,7 @@ def test_incompatible_or_corrupt_checkpoint_is_refused_without_changes(smoke_run
     assert result.returncode == 1
     assert "corrupt" in result.stderr and str(latest) in result.stderr
     assert snapshot(run_dir) == before
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file() and (run_dir / "train.log").is_file()
 
 
 def test_a_diverging_optimizer_is_reported_not_saved_silently(tmp_path, caplog):

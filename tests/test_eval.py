@@ -27,10 +27,19 @@ from lopt.evaluation import (
     standard_error,
     steps_to_reach,
     summarize,
+    summarize_log,
     tail_steps,
     trailing_mean,
     tune_learning_rate,
     tuning_seeds,
+)
+from lopt.evaluation.stats import (
+    block_means,
+    failures,
+    geometric_mean_curve,
+    interquartile_mean,
+    log_losses,
+    paired_log_test,
 )
 from lopt.evaluation.sweep import choose
 
@@ -53,9 +62,10 @@ def test_standard_error_matches_formula():
     values = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [4.0, 10.0]])
     # std(ddof=1) of 1..4 is sqrt(5/3); divided by sqrt(4)
     np.testing.assert_allclose(standard_error(values), [np.sqrt(5 / 3) / 2, 0.0])
-    # non-finite entries are skipped; fewer than two finite values give 0; none gives nan
+    # non-finite entries are skipped; fewer than two finite values leave it undefined (nan)
     ragged = np.array([[1.0, np.nan, np.nan], [3.0, 5.0, np.inf]])
-    np.testing.assert_allclose(standard_error(ragged), [1.0, 0.0, np.nan])
+    np.testing.assert_allclose(standard_error(ragged), [1.0, np.nan, np.nan])
+    assert np.isnan(summarize(np.array([0.3])).se)
     summary = summarize(np.array([2.0, 4.0, np.nan]))
     assert (summary.mean, summary.count, summary.num_nonfinite) == (3.0, 2, 1)
     assert summary.se == pytest.approx(np.sqrt(2.0) / np.sqrt(2.0))
@@ -73,6 +83,59 @@ def test_final_loss_trailing_mean_and_steps_to_reach():
     assert steps_to_reach(curve, float("nan"), window=2) is None
     with pytest.raises(ValueError, match="tail_fraction"):
         tail_steps(10, 0.0)
+
+
+def test_log_space_summary_against_hand_computed_values():
+    # Seed 0 underflowed to float32 zero, seed 3 diverged.
+    finals = np.array([0.0, 1e-2, 1e-4, np.nan, 1e-3])
+    logs = log_losses(finals)
+    np.testing.assert_allclose(logs, [-8.0, -2.0, -4.0, np.inf, -3.0])
+    adam = np.array([1e-3, 5e-4, 1e-3, 1e-3, 1e-4])
+    failed = failures(finals, adam)
+    # NaN fails; 1e-2 > 10 x 5e-4 fails; 1e-3 = 10 x 1e-4 is not above the threshold
+    np.testing.assert_array_equal(failed, [False, True, False, True, False])
+    summary = summarize_log(finals, failed)
+    assert summary.geometric_mean == pytest.approx(10 ** ((-8 - 2 - 4 - 3) / 4))
+    assert summary.median == pytest.approx(1e-3)  # sorted: -8 -4 -3 -2 inf
+    assert summary.iqm == pytest.approx(10 ** ((-4 - 3 - 2) / 3))  # one dropped at each end
+    assert summary.log_se == pytest.approx(np.std([-8, -2, -4, -3], ddof=1) / 2)
+    assert (summary.count, summary.num_nonfinite, summary.num_failed) == (5, 1, 2)
+    assert interquartile_mean(np.arange(8.0)) == pytest.approx(3.5)  # 2..5
+    assert failures(finals, None).tolist() == [False, False, False, True, False]
+
+
+def test_paired_log_test_against_hand_computed_values():
+    from scipy import stats as scipy_stats
+
+    a = np.array([1e-3, 2e-3, 1e-4, 5e-3])
+    b = np.array([1e-2, 1e-2, 1e-2, 1e-2])
+    test = paired_log_test(a, b)
+    difference = np.log10(a) - np.log10(b)
+    se = difference.std(ddof=1) / 2
+    t = difference.mean() / se
+    assert test.ratio == pytest.approx(10 ** difference.mean())
+    assert test.log_se == pytest.approx(se) and test.t == pytest.approx(t)
+    assert test.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), 3))
+    assert test.p_value == pytest.approx(scipy_stats.ttest_rel(np.log10(a), np.log10(b)).pvalue)
+    assert (test.wins, test.losses, test.ties, test.count) == (4, 0, 0, 4)
+    # Zeros compare at the floor: two float32 zeros tie; a zero beats a positive loss.
+    zeros = paired_log_test(np.array([0.0, 0.0, 1e-3]), np.array([0.0, 1e-3, 1e-3]))
+    assert (zeros.wins, zeros.losses, zeros.ties, zeros.count) == (1, 0, 2, 3)
+    # A diverged seed loses its pair and leaves the t-test; one pair leaves t undefined.
+    diverged = paired_log_test(np.array([np.inf, 1e-3]), np.array([1e-2, 1e-2]))
+    assert (diverged.wins, diverged.losses, diverged.count) == (1, 1, 1)
+    assert diverged.t is None and diverged.p_value is None and diverged.log_se is None
+    same = paired_log_test(np.array([1e-3, 1e-2]), np.array([1e-3, 1e-2]))
+    assert same.ratio == 1.0 and same.p_value == 1.0
+
+
+def test_block_means_and_geometric_mean_curve():
+    steps, means = block_means(np.arange(10.0)[None], 4)
+    np.testing.assert_array_equal(steps, [2, 5, 8, 9])
+    np.testing.assert_allclose(means, [[1.0, 4.0, 7.0, 9.0]])
+    curves = np.array([[4.0, 2.0, 1.0], [1.0, 0.5, 0.25]])
+    curve = geometric_mean_curve(curves, window=2)
+    np.testing.assert_allclose(curve, [2.0, np.sqrt(3.0 * 0.75), np.sqrt(1.5 * 0.375)])
 
 
 def test_choose_skips_diverged_rates():
@@ -142,7 +205,8 @@ def test_sweep_picks_the_best_rate(tiny_task):
     assert sweep.final_losses.shape == (3, 2)
     assert sweep.best_learning_rate == 0.1 and not sweep.at_grid_edge
     assert sweep.scores[1] < 1.8 < sweep.scores[0] < sweep.scores[2]
-    np.testing.assert_allclose(sweep.scores[:2], sweep.final_losses[:2].mean(axis=1))
+    geometric = np.exp(np.log(sweep.final_losses[:2]).mean(axis=1))  # the criterion
+    np.testing.assert_allclose(sweep.scores[:2], geometric, rtol=1e-12)
 
     # the sweep's run for (0.1, seed 20_001) is the plain evaluation run of that seed
     opt = L.make_optimizer("sgdm", tiny_task.spec, learning_rate=0.1, momentum=0.9)
@@ -247,24 +311,28 @@ def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
         assert sweep["best_learning_rate"] == best
         assert summary["optimizers"][name]["config"]["learning_rate"] == best
     trained = summary["optimizers"]["tiny_unf"]
-    assert np.asarray(trained["train_loss"]).shape == (2, 20)
-    tail = summary["settings"]["tail_steps"]
-    final = lambda name: np.asarray(summary["optimizers"][name]["train_loss"])[:, -tail:].mean(1)
+    assert np.asarray(trained["train_loss"]).shape == (2, 20)  # 20 steps: blocks of one
+    final = lambda name: np.asarray(summary["optimizers"][name]["final_train_loss"]["per_seed"])
     paired = summary["paired"]["tiny_unf"]
     assert set(paired) == {"sgdm", "adam", "adam_cosine"}
-    difference = final("tiny_unf") - final("adam")
-    assert paired["adam"]["mean"] == pytest.approx(difference.mean(), rel=1e-9)
-    assert paired["adam"]["se"] == pytest.approx(difference.std(ddof=1) / np.sqrt(2), rel=1e-9)
+    difference = np.log10(final("tiny_unf")) - np.log10(final("adam"))
+    assert paired["adam"]["ratio"] == pytest.approx(10 ** difference.mean(), rel=1e-9)
+    se = difference.std(ddof=1) / np.sqrt(2)
+    assert paired["adam"]["log10_se"] == pytest.approx(se, rel=1e-9)
+    assert paired["adam"]["wins"] + paired["adam"]["losses"] + paired["adam"]["ties"] == 2
     assert "paired over seeds" in (out / "results.md").read_text()
-    assert len(trained["curve_mean"]) == 20
+    assert len(trained["curve_mean"]) == 20 and trained["curve_steps"][-1] == 19
+    entry = trained["final_train_loss"]
+    assert entry["geometric_mean"] == pytest.approx(10 ** np.log10(final("tiny_unf")).mean())
+    assert entry["num_failed"] == sum(entry["failed"])
     assert set(trained["held_out"]) == {"loss", "accuracy"}
     assert trained["generalization"]["task_changes"] == {"width": [32, 8]}
     assert trained["generalization"]["horizon_ratio"] == 2.0
     adam = summary["optimizers"]["adam"]
-    assert summary["target"]["final_train_loss"] == adam["final_train_loss"]["mean"]
+    assert summary["target"]["final_train_loss"] == adam["final_train_loss"]["geometric_mean"]
     assert adam["steps_to_target"] is not None and adam["steps_to_target"] <= 19
     table = (out / "results.md").read_text()
-    assert "| optimizer | final train loss | held-out loss | held-out accuracy |" in table
+    assert "| optimizer | final train loss: geometric mean | median | IQM | failed |" in table
     assert "tiny_unf" in table and "adam (tuned, lr" in table and "width 32 → 8" in table
     assert (out / ".hydra" / "config.yaml").is_file()
 
@@ -274,6 +342,6 @@ def test_cli_reports_bad_optimizer_path_and_bad_keys(tmp_path):
     result = lopt_eval(f"optimizers=[{missing}]", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert result.returncode == 1
     assert f"lopt-eval: error: optimizer path '{missing}' does not exist" in result.stderr
-    assert not (tmp_path / "out" / "results.json").exists()
+    assert not (tmp_path / "out").exists()  # not even Hydra's .hydra/ and log
     typo = lopt_eval("num_seed=3", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert typo.returncode != 0 and "num_seed" in typo.stderr

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import lopt
+from lopt.cli.export import main as export_main
 from lopt.learned import SavedOptimizerError, read_theta
 from lopt.learned.serialization import CONFIG_FILE, THETA_FILE
 
@@ -182,3 +183,81 @@ def test_theta_of_another_architecture_is_rejected(saved_unf, tmp_path):
     (tmp_path / "deep" / CONFIG_FILE).write_text(json.dumps(deep_config))
     with pytest.raises(SavedOptimizerError, match="do not fit an optimizer for this model"):
         lopt.load_optimizer(tmp_path / "deep", spec={"w": ("h", "h")})
+
+
+def copy_of(path, directory, edit=None):
+    """A copy of the saved optimizer ``path`` in ``directory``, its config changed by
+    ``edit(document)``."""
+    directory.mkdir()
+    (directory / THETA_FILE).write_bytes((path / THETA_FILE).read_bytes())
+    document = json.loads((path / CONFIG_FILE).read_text())
+    if edit is not None:
+        edit(document)
+    (directory / CONFIG_FILE).write_text(json.dumps(document))
+    return directory
+
+
+def files_of(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_theta_with_flipped_bytes_is_refused_as_corrupt_naming_the_file(saved_unf, tmp_path):
+    path, _ = saved_unf
+    document = json.loads((path / CONFIG_FILE).read_text())
+    assert document["format_version"] == lopt.learned.FORMAT_VERSION == 5
+    assert len(document["theta_sha256"]) == 64
+    broken = copy_of(path, tmp_path / "broken")
+    raw = bytearray((broken / THETA_FILE).read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 8] = bytes(b ^ 0x01 for b in raw[middle : middle + 8])
+    (broken / THETA_FILE).write_bytes(bytes(raw))  # still a valid msgpack of arrays
+    before = files_of(broken)
+    with pytest.raises(SavedOptimizerError, match=rf"{broken / THETA_FILE} is corrupt.*SHA-256"):
+        lopt.load_optimizer(broken, spec=None)
+    with pytest.raises(SavedOptimizerError, match="is corrupt"):
+        read_theta(broken)
+    assert files_of(broken) == before
+
+
+@pytest.mark.parametrize("key", ["hyperparameters", "name"])
+def test_config_without_a_required_entry_is_refused_naming_it(saved_unf, tmp_path, key):
+    path, _ = saved_unf
+    broken = copy_of(path, tmp_path / "broken", lambda document: document.pop(key))
+    with pytest.raises(SavedOptimizerError, match=rf"has no '{key}' entry"):
+        lopt.load_optimizer(broken, spec=None)
+
+
+def test_files_without_a_hash_load_with_a_warning_if_older(saved_unf, tmp_path):
+    path, theta = saved_unf
+
+    def as_format(version):
+        def edit(document):
+            del document["theta_sha256"]
+            document["format_version"] = version
+
+        return edit
+
+    old = copy_of(path, tmp_path / "old", as_format(4))
+    with pytest.warns(UserWarning, match="cannot be checked for corruption.*format version 4"):
+        loaded = read_theta(old)
+    jax.tree.map(np.testing.assert_array_equal, loaded, jax.device_get(theta))
+    damaged = copy_of(path, tmp_path / "damaged", as_format(5))
+    with pytest.raises(SavedOptimizerError, match="format version 5 but no 'theta_sha256'"):
+        read_theta(damaged)
+
+
+def test_export_refuses_to_overwrite_a_saved_optimizer_unless_asked(saved_unf, tmp_path, capsys):
+    path, _ = saved_unf
+    target = copy_of(path, tmp_path / "existing")
+    before = files_of(target)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(tmp_path / "no_run"), "-o", str(target)])
+    assert exit_info.value.code == 1
+    assert f"{target} already holds a saved optimizer; pass --overwrite" in capsys.readouterr().err
+    assert files_of(target) == before
+    # With the flag the output is accepted; here the missing run is what stops the export.
+    with pytest.raises(SystemExit):
+        export_main([str(tmp_path / "no_run"), "-o", str(target), "--overwrite"])
+    error = capsys.readouterr().err
+    assert "already holds" not in error and "no_run" in error
+    assert files_of(target) == before

@@ -97,7 +97,7 @@ def test_objective_variants():
     np.testing.assert_array_equal(train.objective, train.loss)
     logged = run(MetaObjective(transform="log", clip=-1.0))
     np.testing.assert_allclose(logged.objective, np.minimum(np.log(train.loss), -1.0), rtol=1e-6)
-    held_out = run(MetaObjective(split="test"))
+    held_out = run(MetaObjective(split="valid"))
     np.testing.assert_array_equal(held_out.loss, train.loss)  # same inner training
     # Shifted held-out targets cost 0.5 * sum(a) * 3^2 = 15.75 more on average.
     assert float(held_out.objective.mean() - train.loss.mean()) > 10.0
@@ -121,6 +121,8 @@ def test_schedules():
 def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="split"):
         MetaObjective(split="validation").validate()
+    with pytest.raises(ValueError, match="'test' is reserved for the evaluation"):
+        MetaObjective(split="test").validate()
     with pytest.raises(ValueError, match="min_length"):
         log_uniform_length(50, 5)
     with pytest.raises(ValueError, match="length"):

@@ -53,9 +53,9 @@ class QuadraticTask:
         return {"w": jnp.where(blowup, 1e20, 1.0) * w}
 
     def batch(self, key: jax.Array, split: str = "train") -> jax.Array:
-        if split not in ("train", "test"):
+        if split not in ("train", "valid", "test"):
             raise ValueError(f"unknown split {split!r}")
-        shift = self.test_shift if split == "test" else 0.0
+        shift = 0.0 if split == "train" else self.test_shift
         return shift + self.noise_std * jax.random.normal(key, (self.dim,))
 
     def loss(self, params: dict, batch: jax.Array) -> jax.Array:

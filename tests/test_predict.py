@@ -220,11 +220,14 @@ def test_zoo_and_predict_commands_write_their_results(cli_zoo, tmp_path):
     assert summary["environment"]["cpus"] >= 1
     stored = json.loads((root / "zoo_run" / "summary.json").read_text())
     assert stored["metrics"]["test_accuracy"]["max"] >= stored["metrics"]["test_accuracy"]["min"]
+    assert stored["zoo"] == "../zoo"  # relative to the run directory: no machine's paths
 
     cfg = _compose("predict", [*PREDICT_OVERRIDES, zoo_path])
     lopt.cli.predict.run(cfg, tmp_path / "predict_run")
     result = json.loads((tmp_path / "predict_run" / "result.json").read_text())
     assert result["model"] == "deepsets" and result["test_networks"] == 24
+    assert (tmp_path / "predict_run" / result["zoo_path"]).resolve() == (root / "zoo").resolve()
+    assert not Path(result["zoo_path"]).is_absolute()
     assert result["epochs_run"] <= 3 and result["invariance_error"] < 1e-4
     saved = np.load(tmp_path / "predict_run" / "predictions.npz")
     assert saved["predictions"].shape == saved["targets"].shape == (24,)

@@ -61,6 +61,30 @@ def test_size_options_change_the_model():
     assert task.config["width"] == 7
 
 
+@pytest.mark.parametrize(
+    "task, option, value, message",
+    [
+        ("mlp_digits", "width", 0, "width must be an int >= 1, got 0"),
+        ("mlp_digits", "depth", -1, "depth must be an int >= 0, got -1"),
+        ("mlp_digits", "width", 2.5, "width must be an int >= 1, got 2.5"),
+        ("cnn_digits", "channels", [16, 0], r"channels\[1\] must be an int >= 1, got 0"),
+        ("cnn_digits", "stride", 0, "stride must be an int >= 1, got 0"),
+        ("rnn_text", "hidden_size", 0, "hidden_size must be an int >= 1, got 0"),
+        ("rnn_text", "embed_size", 0, "embed_size must be an int >= 1, got 0"),
+        ("rnn_text", "seq_len", 0, "seq_len must be an int >= 1, got 0"),
+        ("transformer_text", "width", 0, "width must be an int >= 1, got 0"),
+        ("transformer_text", "num_heads", 0, "num_heads must be an int >= 1, got 0"),
+        ("transformer_text", "mlp_size", 0, "mlp_size must be an int >= 1, got 0"),
+        ("transformer_text", "depth", -1, "depth must be an int >= 0, got -1"),
+        ("transformer_text", "seq_len", 0, "seq_len must be an int >= 1, got 0"),
+        ("mlp_digits", "batch_size", 0, "batch_size must be a positive int, got 0"),
+    ],
+)
+def test_a_size_out_of_range_names_the_option_and_its_range(task, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        get_task(task, **{option: value})
+
+
 def test_spec_validates_against_init_params(task):
     params = cached_params(task.name)
     nfspec.validate(task.spec, params)
@@ -84,21 +108,42 @@ def test_batches_have_documented_shapes_and_ranges(task):
         assert targets.dtype == jnp.int32 and int(targets.max()) < 10
 
 
-def test_train_and_test_splits_are_disjoint():
+def test_digit_splits_hold_distinct_images():
     digits = task_data.digits_images()
-    train = {
-        a.tobytes() + b.tobytes()
-        for a, b in zip(digits["train"]["images"], digits["train"]["labels"], strict=True)
+    assert list(digits) == ["train", "valid", "test"]
+    sizes = {name: len(split["labels"]) for name, split in digits.items()}
+    assert sizes == {"train": 1438, "valid": 179, "test": 180}
+    # By content (the pixels alone, whatever the label): no image is in two splits.
+    contents = {
+        name: {image.tobytes() for image in split["images"]} for name, split in digits.items()
     }
-    test = [
-        a.tobytes() + b.tobytes()
-        for a, b in zip(digits["test"]["images"], digits["test"]["labels"], strict=True)
-    ]
-    assert len(digits["train"]["labels"]) == 1438 and len(test) == 359
-    assert not any(t in train for t in test)  # sklearn's 1797 digits are all distinct
+    assert sum(len(c) for c in contents.values()) == sum(sizes.values())
+    assert not contents["train"] & contents["valid"]
+    assert not contents["train"] & contents["test"]
+    assert not contents["valid"] & contents["test"]
+
+
+def test_text_splits_hold_distinct_paragraphs_in_the_planned_shares():
     text = task_data.pydoc_text()
-    stream = np.concatenate([text["train"]["tokens"], text["test"]["tokens"]])
-    assert len(text["test"]["tokens"]) == pytest.approx(0.1 * len(stream), abs=1)
+    paragraphs = {name: bytes(split["tokens"]).split(b"\n\n") for name, split in text.items()}
+    for name, pieces in paragraphs.items():
+        assert len(pieces) == len(set(pieces)), f"a paragraph repeats within {name}"
+    assert not set(paragraphs["train"]) & set(paragraphs["valid"])
+    assert not set(paragraphs["train"]) & set(paragraphs["test"])
+    assert not set(paragraphs["valid"]) & set(paragraphs["test"])
+    total = sum(len(split["tokens"]) for split in text.values())
+    for name in ("valid", "test"):
+        assert len(text[name]["tokens"]) / total == pytest.approx(0.1, abs=0.01)
+
+
+def test_first_occurrences_and_split_text_drop_repeats():
+    images = np.array([[1, 2], [3, 4], [1, 2], [5, 6]])
+    np.testing.assert_array_equal(task_data.first_occurrences(images), [0, 1, 3])
+    corpus = "\n\n".join(["a" * 30, "b" * 30, "a" * 30, "c" * 30, "d" * 30, "e" * 30])
+    splits = task_data.split_text(corpus, {"valid": 0.2, "test": 0.2}, block_bytes=1)
+    everything = [p for pieces in splits.values() for p in pieces]
+    assert sorted(everything) == ["a" * 30, "b" * 30, "c" * 30, "d" * 30, "e" * 30]
+    assert all(splits[name] for name in ("train", "valid", "test"))
 
 
 def test_test_split_draws_from_held_out_data():
@@ -106,8 +151,8 @@ def test_test_split_draws_from_held_out_data():
     test_tokens = bytes(np.asarray(task.data["test"]["tokens"]))
     window = bytes(np.asarray(task.batch(jax.random.key(3), "test")["inputs"][0], np.uint8))
     assert window in test_tokens
-    with pytest.raises(ValueError, match="unknown split 'valid'"):
-        task.batch(jax.random.key(0), "valid")
+    with pytest.raises(ValueError, match="unknown split 'heldout'"):
+        task.batch(jax.random.key(0), "heldout")
 
 
 def test_batches_are_independent_streams(task):
@@ -120,7 +165,7 @@ def test_batches_are_independent_streams(task):
 def test_task_passes_through_jit_as_an_argument():
     task = cached_task("mlp_digits")
     leaves = jax.tree_util.tree_leaves(task)
-    assert {leaf.shape[0] for leaf in leaves} == {1438, 359}
+    assert {leaf.shape[0] for leaf in leaves} == {1438, 179, 180}
 
     @jax.jit
     def draw(task, key):
@@ -210,6 +255,8 @@ def test_check_symmetry_accepts_plain_functions():
 
 def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
     optimizer = optax.adam(2e-2)
+    # Randomly distorted digits take a small CNN longer to pick up than the plain ones.
+    steps = 200 if task.name == "cnn_augmented_digits" else 60
     small = dataclasses.replace(task, batch_size=32)
 
     @jax.jit
@@ -227,7 +274,7 @@ def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
             return (optax.apply_updates(params, updates), state), loss
 
         (params, _), _ = jax.lax.scan(
-            step, (params, optimizer.init(params)), jax.random.split(data_key, 60)
+            step, (params, optimizer.init(params)), jax.random.split(data_key, steps)
         )
         return before, task.metrics(params, held_out)
 

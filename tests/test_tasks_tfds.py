@@ -31,6 +31,7 @@ IMAGE_COUNTS = {"train": 48, "test": 16}
 SENTENCE_COUNTS = {"train": 300, "test": 40}
 SPLIT_SEEDS = {"train": 0, "test": 1}
 TRAIN_BYTE_BUDGET = 5000  # less than the ~8.5 kB of training text: the stream is cut
+VALID_BYTE_BUDGET = 2000  # the training text's next bytes
 
 
 # -- the tiny datasets -------------------------------------------------------------------
@@ -202,26 +203,35 @@ def test_tfds_builder_reads_the_prepared_data(data_dir):
 def test_image_tasks_load_resize_and_train(data_dir, task_name, dataset, shape, size, flat):
     task = get_task(task_name, dataset=dataset, data_dir=data_dir, batch_size=32)
     assert task.config["dataset"] == dataset
-    for split in ("train", "test"):
-        images, labels = tiny_images(split, shape)
-        held = task.data[split]
-        assert held["images"].dtype == jnp.uint8
-        assert held["images"].shape == (IMAGE_COUNTS[split], size, size, shape[-1])
-        np.testing.assert_array_equal(held["images"], area_reference(images, size))
-        np.testing.assert_array_equal(held["labels"], labels.astype(np.int32))
+    images, labels = tiny_images("test", shape)
+    held = task.data["test"]
+    assert held["images"].dtype == jnp.uint8
+    assert held["images"].shape == (IMAGE_COUNTS["test"], size, size, shape[-1])
+    np.testing.assert_array_equal(held["images"], area_reference(images, size))
+    np.testing.assert_array_equal(held["labels"], labels.astype(np.int32))
+    # valid is a fixed shuffle's first twelfth of the dataset's train split, train the rest.
+    images, labels = tiny_images("train", shape)
+    order = np.random.default_rng(0).permutation(IMAGE_COUNTS["train"])
+    cut = round(IMAGE_COUNTS["train"] / 12)
+    for split, index in (("valid", order[:cut]), ("train", order[cut:])):
+        np.testing.assert_array_equal(
+            task.data[split]["images"], area_reference(images[index], size)
+        )
+        np.testing.assert_array_equal(task.data[split]["labels"], labels[index].astype(np.int32))
 
     batch = task.batch(jax.random.key(2))
     inputs = np.asarray(batch["inputs"])
     assert inputs.shape == ((32, size * size * shape[-1]) if flat else (32, size, size, shape[-1]))
     assert inputs.dtype == np.float32 and inputs.min() >= 0.0 and inputs.max() <= 1.0
     # Every drawn example is one of its split's (resized, scaled) images with its label.
-    for split in ("train", "test"):
+    for split in ("train", "valid", "test"):
         drawn = task.batch(jax.random.key(3), split)
         pixels = np.rint(np.asarray(drawn["inputs"]) * 255).reshape(32, -1)
-        table = np.asarray(task.data[split]["images"]).reshape(IMAGE_COUNTS[split], -1)
-        other = np.asarray(task.data["test" if split == "train" else "train"]["images"])
+        table = np.asarray(task.data[split]["images"]).reshape(task.split_size(split), -1)
+        for other_split in {"train", "valid", "test"} - {split}:
+            other = np.asarray(task.data[other_split]["images"])
+            assert not rows_in(pixels, other.reshape(len(other), -1)).any()
         assert rows_in(pixels, table).all()
-        assert not rows_in(pixels, other.reshape(len(other), -1)).any()
         labelled = table.astype(np.int64) * 10 + np.asarray(task.data[split]["labels"])[:, None]
         drawn_labelled = pixels.astype(np.int64) * 10 + np.asarray(drawn["targets"])[:, None]
         assert rows_in(drawn_labelled, labelled).all()
@@ -238,17 +248,21 @@ def test_text_tasks_stream_bytes_and_train(data_dir, task_name, batch_size, seq_
         dataset="lopt_tiny_text",
         data_dir=data_dir,
         max_train_bytes=TRAIN_BYTE_BUDGET,
+        max_valid_bytes=VALID_BYTE_BUDGET,
         max_test_bytes=1 << 20,
     )
     train = bytes(np.asarray(task.data["train"]["tokens"]))
+    valid = bytes(np.asarray(task.data["valid"]["tokens"]))
     test = bytes(np.asarray(task.data["test"]["tokens"]))
     assert task.data["train"]["tokens"].dtype == jnp.uint8
-    assert len(expected_stream("train", 1 << 20)) > TRAIN_BYTE_BUDGET
+    budget = TRAIN_BYTE_BUDGET + VALID_BYTE_BUDGET
+    assert len(expected_stream("train", 1 << 20)) > budget
     assert train == expected_stream("train", TRAIN_BYTE_BUDGET)
+    assert valid == expected_stream("train", budget)[TRAIN_BYTE_BUDGET:]  # the bytes after
     assert test == expected_stream("test", 1 << 20)  # the whole split, within budget
     assert "ç".encode() in train  # UTF-8 bytes, not characters
 
-    for split, stream in (("train", train), ("test", test)):
+    for split, stream in (("train", train), ("valid", valid), ("test", test)):
         batch = task.batch(jax.random.key(4), split)
         inputs, targets = np.asarray(batch["inputs"]), np.asarray(batch["targets"])
         assert inputs.shape == targets.shape == (batch_size, seq_len)
@@ -260,17 +274,19 @@ def test_text_tasks_stream_bytes_and_train(data_dir, task_name, batch_size, seq_
 
 
 def test_text_budget_cuts_across_read_chunks_and_unregistered_builders_load(data_dir):
-    chunked = task_data.tfds_text("lopt_tiny_text_unregistered", data_dir, 100, 77, chunk=7)
+    chunked = task_data.tfds_text("lopt_tiny_text_unregistered", data_dir, 100, 30, 77, chunk=7)
     assert bytes(chunked["train"]["tokens"]) == expected_stream("train", 100)
+    assert bytes(chunked["valid"]["tokens"]) == expected_stream("train", 130)[100:]
     assert bytes(chunked["test"]["tokens"]) == expected_stream("test", 77)
 
 
 def test_parquet_files_are_read_too(tmp_path):
     LoptTinyFashion(data_dir=str(tmp_path), file_format="parquet").download_and_prepare()
     splits = task_data.tfds_images("lopt_tiny_fashion", str(tmp_path), 14)
-    images, labels = tiny_images("train", (28, 28, 1))
-    np.testing.assert_array_equal(splits["train"]["images"], area_reference(images, 14))
-    np.testing.assert_array_equal(splits["train"]["labels"], labels)
+    images, labels = tiny_images("test", (28, 28, 1))
+    np.testing.assert_array_equal(splits["test"]["images"], area_reference(images, 14))
+    np.testing.assert_array_equal(splits["test"]["labels"], labels)
+    assert len(splits["train"]["labels"]) + len(splits["valid"]["labels"]) == IMAGE_COUNTS["train"]
 
 
 def test_wrong_features_are_reported(data_dir):

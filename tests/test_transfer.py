@@ -130,3 +130,32 @@ def test_format_3_files_still_load_for_the_trained_tree_order(saved, tmp_path):
     a, _ = opt.update(theta, grads, opt.init(params), params)
     b, _ = fresh.update(theta_new, grads, fresh.init(params), params)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9), a, b)
+
+
+def format_3_copy(saved, directory):
+    """``saved`` as format 3 wrote it: no weight-space structure, no theta hash."""
+    directory.mkdir()
+    (directory / "theta.msgpack").write_bytes((saved / "theta.msgpack").read_bytes())
+    document = json.loads((saved / "config.json").read_text())
+    del document["weight_space"], document["theta_sha256"]
+    document["format_version"] = 3
+    (directory / "config.json").write_text(json.dumps(document))
+    return directory
+
+
+@pytest.mark.filterwarnings("ignore:.*cannot be checked for corruption")
+def test_format_3_file_on_another_tree_order_says_why_and_how_to_resave(saved, tmp_path):
+    old = format_3_copy(saved, tmp_path / "old")
+    params, spec = model_and_spec(OutputFirst(width=48))
+    message = r"format version 3.*tree order.*save it again, as format 5"
+    with pytest.raises(lopt.learned.SavedOptimizerError, match=message):
+        load_optimizer(old, spec).init(params)
+    # The same check where the evaluation loads it (with the model's example params).
+    with pytest.raises(lopt.learned.SavedOptimizerError, match=message):
+        load_learned_optimizer(old, spec, example_params=params)
+
+    # The advice works: loaded with the trained model's spec and saved again, it fits.
+    trained_spec = lopt.get_task("mlp_digits").spec
+    lopt.save_optimizer(tmp_path / "new", *load_learned_optimizer(old, trained_spec))
+    assert json.loads((tmp_path / "new" / "config.json").read_text())["format_version"] == 5
+    load_optimizer(tmp_path / "new", spec).init(params)

@@ -22,6 +22,7 @@ from lopt.evaluation.seeds import (
 )
 from lopt.evaluation.sweep import tune_interior
 from lopt.evaluation.validation import (
+    METRICS,
     Reference,
     ValidationScores,
     ValidationSettings,
@@ -49,10 +50,19 @@ def test_validation_equals_a_plain_evaluation_of_the_same_theta(task):
         scores.final_loss, stats.final_loss(plain.train_loss, settings.tail), rtol=1e-12
     )
     np.testing.assert_allclose(scores.mean_loss, plain.train_loss.mean(axis=1), rtol=1e-12)
-    np.testing.assert_allclose(scores.test_loss, plain.test_metrics["loss"], rtol=1e-12)
+    # Validation's held-out loss is on the valid split, the evaluation's on test.
+    valid = runner.run_seeds(
+        task, opt, theta, seed_keys(settings.seeds), 40, num_test_batches=2, held_out_split="valid"
+    )
+    np.testing.assert_allclose(scores.valid_loss, valid.test_metrics["loss"], rtol=1e-12)
+    assert not np.allclose(scores.valid_loss, plain.test_metrics["loss"])
     summary = scores.summary()
     assert summary["final_loss"] == pytest.approx(scores.final_loss.mean())
     assert summary["final_loss_se"] == pytest.approx(scores.final_loss.std(ddof=1) / math.sqrt(3))
+    geometric = math.exp(np.log(scores.final_loss).mean())
+    assert summary["final_loss_gmean"] == pytest.approx(geometric, rel=1e-9)
+    assert scores.score() == scores.score("final_loss") == summary["final_loss_gmean"]
+    assert scores.score("valid_loss") == pytest.approx(scores.valid_loss.mean())
 
 
 def test_validation_seeds_are_disjoint_from_every_other_run(task):
@@ -85,7 +95,7 @@ def test_best_theta_is_the_one_with_the_lowest_score(task):
     for step, score in [(10, 0.7), (20, 0.4), (30, 0.45), (40, 0.4), (50, math.inf), (60, 0.3)]:
         theta = {k: v + step for k, v in state.meta.theta.items()}
         state = state._replace(meta=state.meta._replace(theta=theta))
-        state = keep_best(state, ValidationScores(*(np.full(2, score),) * 3), step)
+        state = keep_best(state, ValidationScores(*(np.full(2, score),) * 3), step, "final_loss")
         best_at[step] = int(state.best_step)
     # Strict improvement only: a tie (step 40) and a diverged theta (step 50) do not count.
     assert best_at == {10: 0, 20: 20, 30: 20, 40: 20, 50: 20, 60: 60}
@@ -95,10 +105,32 @@ def test_best_theta_is_the_one_with_the_lowest_score(task):
     )
 
 
+def test_selection_metric_decides_which_theta_is_best(task):
+    """A theta that drives training loss to float32 zero but generalises worse wins on the
+    final-loss metric (floored in log space, so the zero counts as 1e-8, not -inf) and loses
+    on the held-out one."""
+    opt = make_optimizer("sgdm", task.spec)
+    trainer = make_meta_trainer(task, opt, pes(2, 5, 0.01), schedule=20)
+    overfit = ValidationScores(np.array([0.0, 1e-3]), np.ones(2), np.array([0.6, 0.5]))
+    sound = ValidationScores(np.array([0.02, 0.03]), np.ones(2), np.array([0.2, 0.25]))
+    assert overfit.score() == pytest.approx(math.sqrt(1e-8 * 1e-3))
+    chosen = {}
+    for metric in METRICS:
+        state = fresh_run_state(trainer.init(jax.random.key(0)))
+        state = keep_best(state, sound, 10, metric)
+        state = keep_best(state, overfit, 20, metric)
+        chosen[metric] = int(state.best_step)
+    assert chosen == {"final_loss": 20, "valid_loss": 10}
+    with pytest.raises(ValueError, match="validation metric must be one of"):
+        ValidationSettings(metric="test_loss")
+
+
 def test_a_seed_that_diverges_makes_the_score_infinite():
     scores = ValidationScores(np.array([0.1, np.inf]), np.array([1.0, 2.0]), np.array([0.1, 0.2]))
-    assert scores.score == math.inf and scores.summary()["final_loss"] == math.inf
-    assert ValidationScores.from_json(scores.to_json()).score == math.inf
+    assert scores.score() == math.inf and scores.summary()["final_loss"] == math.inf
+    assert ValidationScores.from_json(scores.to_json()).score() == math.inf
+    valid_nan = ValidationScores(np.array([0.1, 0.2]), np.ones(2), np.array([0.1, np.nan]))
+    assert valid_nan.score("valid_loss") == math.inf and math.isfinite(valid_nan.score())
 
 
 def test_reference_adam_comes_from_the_sweep_on_the_validation_runs(task):
@@ -111,12 +143,12 @@ def test_reference_adam_comes_from_the_sweep_on_the_validation_runs(task):
     assert reference.adam_learning_rate in reference.adam_grid
     best = reference.adam_grid.index(reference.adam_learning_rate)
     assert 0 < best < len(reference.adam_grid) - 1  # tuned to an interior rate
-    assert reference.adam.score == pytest.approx(reference.adam_grid_scores[best], rel=1e-12)
+    assert reference.adam.score() == pytest.approx(reference.adam_grid_scores[best], rel=1e-12)
     # The sweep's runs are exactly what validating Adam at that rate gives.
     adam = make_optimizer("adam", task.spec, learning_rate=reference.adam_learning_rate)
     direct = make_validator(task, adam, settings)(adam.init_meta(jax.random.key(0)))
     np.testing.assert_allclose(direct.final_loss, reference.adam.final_loss, rtol=1e-6)
-    np.testing.assert_allclose(direct.test_loss, reference.adam.test_loss, rtol=1e-6)
+    np.testing.assert_allclose(direct.valid_loss, reference.adam.valid_loss, rtol=1e-6)
     restored = Reference.from_json(reference.to_json())
     assert restored.ratios(0.5) == reference.ratios(0.5)
 
@@ -165,4 +197,4 @@ def test_short_meta_training_improves_validation_over_theta0(task):
         state, _ = trainer.step(state)
     after = validate(state.theta)
     paired = before.final_loss - after.final_loss
-    assert paired.mean() > 5 * stats.standard_error(paired) and after.score < before.score
+    assert paired.mean() > 5 * stats.standard_error(paired) and after.score() < before.score()

@@ -143,8 +143,13 @@ def test_zoo_round_trip_and_resume_match_one_shot(tiny_zoo_dir, tiny_problem, tm
 
 def test_resume_with_other_settings_is_refused(tiny_zoo_dir, tiny_problem):
     settings = ZooSettings(count=9, shard_size=3, ranges=TINY_RANGES)
-    with pytest.raises(ZooFormatError, match="other settings"):
+    before = {p.name: p.read_bytes() for p in tiny_zoo_dir.iterdir()}
+    with pytest.raises(ZooFormatError, match="other settings") as error:
         generate_zoo(tiny_zoo_dir, tiny_problem, settings, seed=4, progress=False)
+    # Only the keys that differ are named, not both settings in full.
+    assert "\n  seed: 3 -> 4\n" in str(error.value)
+    assert "shard_size" not in str(error.value) and "ranges" not in str(error.value)
+    assert {p.name: p.read_bytes() for p in tiny_zoo_dir.iterdir()} == before
 
 
 def test_damaged_shard_is_named(tiny_zoo_dir, tmp_path):

@@ -15,6 +15,7 @@ import optax
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from lopt.cli import rundir
 from lopt.meta import (
     EpisodeSchedule,
     Estimator,
@@ -24,7 +25,8 @@ from lopt.meta import (
     log_uniform_length,
 )
 from lopt.meta.outer import clip_by_global_norm, linear_warmup
-from lopt.persistence import write_json as write_json  # the tools import them from here
+from lopt.persistence import config_differences as config_differences  # the tools import
+from lopt.persistence import write_json as write_json  # them from here
 from lopt.persistence import write_text as write_text
 
 OUTER_OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -123,18 +125,29 @@ def run_in_output_dir(
 
     The JAX compilation cache is enabled as ``cfg.compilation_cache`` says; an error of one
     of the ``errors`` types is bad input, printed as ``<tool>: error: <message>`` before
-    exiting with status 1, with no traceback.
+    exiting with status 1, with no traceback. The run directory gets ``.hydra/`` and the log
+    when ``run`` returns (or calls :func:`lopt.cli.rundir.accept` itself); a run that raises
+    before that leaves it as it was (:func:`lopt.cli.rundir.run_directory`).
 
     Returns:
         What ``run`` returns.
     """
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing noise
     enable_compilation_cache(cfg.compilation_cache)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        with rundir.run_directory(run_dir, cfg):
+            return run(cfg, run_dir)
     except errors as err:
         print(f"{tool}: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
+    """``path`` relative to ``run_dir`` (with ``..`` where needed), as a run's files record
+    it: they then hold no absolute path of the machine that wrote them, and stay right
+    when the run directory moves together with what it refers to."""
+    return os.path.relpath(Path(path).absolute(), Path(run_dir).absolute())
 
 
 def start_context() -> dict[str, Any]:
@@ -240,19 +253,3 @@ def build_parts(config: Mapping[str, Any]) -> RunParts:
     except (TypeError, ValueError) as err:
         raise RunError(f"invalid objective {config['objective']}: {err}") from err
     return RunParts(task, opt, estimator, outer, schedule, objective)
-
-
-def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two nested configs, as ``key: old -> new``."""
-    if isinstance(old, Mapping) and isinstance(new, Mapping):
-        out = []
-        for key in sorted(set(old) | set(new), key=str):
-            where = f"{prefix}.{key}" if prefix else str(key)
-            if key not in old:
-                out.append(f"{where}: (absent) -> {new[key]!r}")
-            elif key not in new:
-                out.append(f"{where}: {old[key]!r} -> (absent)")
-            else:
-                out.extend(config_differences(old[key], new[key], where))
-        return out
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]

@@ -9,7 +9,8 @@ The task is an option of the ``task`` config group shared with ``lopt-train`` (i
 the sizes passed to :func:`lopt.tasks.get_task`). Each entry of ``optimizers`` is a directory
 written by :func:`lopt.learned.save_optimizer` or a ``lopt-train`` run directory holding
 one. ``out_dir`` receives ``results.json``, ``results.md``, ``curves.png`` and Hydra's
-``.hydra/`` (the resolved config). See :mod:`lopt.evaluation` for the procedure.
+``.hydra/`` (the resolved config), once the optimizers have loaded: a refused evaluation
+leaves no ``out_dir``. See :mod:`lopt.evaluation` for the procedure.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig
 
 from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
-from lopt.cli import schema
+from lopt.cli import rundir, schema
 from lopt.cli.common import RunError, build_task, enable_compilation_cache, to_container
 from lopt.evaluation import (
     DEFAULT_GRIDS,
@@ -186,6 +187,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
         load_for_task(path, task, None if labels is None else labels[index])
         for index, path in enumerate(paths)
     ]
+    rundir.accept(out_dir, cfg)
     result = evaluate(task, trained, settings, log=log.info)
     written = write_outputs(result, out_dir, log_y=config["log_y"], smoothing=config["smoothing"])
     log.info("results:\n%s", written["markdown"].read_text())
@@ -201,7 +203,8 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing noise
     enable_compilation_cache(cfg.compilation_cache)
     try:
-        run(cfg, out_dir)
+        with rundir.run_directory(out_dir, cfg):
+            run(cfg, out_dir)
     except (RunError, OptimizerLoadError, EvalConfigError) as err:
         print(f"lopt-eval: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

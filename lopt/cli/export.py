@@ -3,10 +3,12 @@
     lopt-export runs/mlp/2025-01-01_12-00-00 -o my_optimizer          # latest checkpoint
     lopt-export runs/mlp/2025-01-01_12-00-00/checkpoints/500 -o opt500  # a given step
     lopt-export runs/mlp/2025-01-01_12-00-00 -o last --theta last       # not the best
+    lopt-export runs/mlp/2025-01-01_12-00-00 -o my_optimizer --overwrite  # replace it
 
 A checkpoint holds two thetas: the best by meta-validation up to its step (exported by
 default, what ``optimizer/`` holds at the end of a run) and the one of its step (``--theta
-last``). A run without validation has only the latter.
+last``). A run without validation has only the latter. An output directory that already
+holds a saved optimizer is replaced only with ``--overwrite``.
 
 The output is what :func:`lopt.learned.save_optimizer` writes and
 :func:`lopt.learned.load_optimizer` reads (an optax transformation).
@@ -22,7 +24,7 @@ from lopt import checkpoint
 from lopt.checkpoint import Checkpointer, CheckpointError, leaf_infos, nested_dict
 from lopt.cli.common import RunError, build_task
 from lopt.learned import load_learned_optimizer, optimizer_from_config, save_optimizer
-from lopt.learned.serialization import CONFIG_FILE, SavedOptimizerError
+from lopt.learned.serialization import CONFIG_FILE, THETA_FILE, SavedOptimizerError
 
 
 def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int]:
@@ -45,7 +47,11 @@ THETAS = ("best", "last")
 
 
 def export(
-    path: str | Path, output: str | Path, step: int | None = None, which: str = "best"
+    path: str | Path,
+    output: str | Path,
+    step: int | None = None,
+    which: str = "best",
+    overwrite: bool = False,
 ) -> Path:
     """Exports the learned optimizer of a checkpoint to ``output``.
 
@@ -55,26 +61,18 @@ def export(
         step: checkpoint step (default: see :func:`locate`).
         which: ``"best"`` (by validation; the checkpoint's own theta when the run had no
             validation) or ``"last"`` (the checkpoint's own theta).
+        overwrite: replace the saved optimizer ``output`` may already hold.
 
     Returns:
         ``output`` as a ``Path``.
 
     Raises:
-        RunError, CheckpointError: no usable checkpoint.
+        RunError: ``output`` cannot or may not be written; see :func:`check_output`.
+        CheckpointError: no usable checkpoint.
     """
     if which not in THETAS:
         raise RunError(f"which theta: expected one of {THETAS}, got {which!r}")
-    target = Path(output)
-    if target.exists() and not target.is_dir():
-        raise RunError(
-            f"{target} exists and is not a directory: the output is a saved-optimizer "
-            "directory (config.json and theta.msgpack); choose another -o"
-        )
-    if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).is_file():
-        raise RunError(
-            f"{target} is a non-empty directory that holds no saved optimizer; refusing to "
-            "write into it (choose another -o)"
-        )
+    check_output(Path(output), overwrite)
     checkpoints, step = locate(path, step)
     with checkpoints:
         leaves, meta = checkpoints.restore_leaves(step)
@@ -97,6 +95,32 @@ def export(
     return output
 
 
+def check_output(target: Path, overwrite: bool = False) -> None:
+    """Refuses an output that is a file, a non-empty directory holding no saved optimizer,
+    or (unless ``overwrite``) one holding a saved optimizer.
+
+    Raises:
+        RunError: naming the output and what to do.
+    """
+    if target.exists() and not target.is_dir():
+        raise RunError(
+            f"{target} exists and is not a directory: the output is a saved-optimizer "
+            "directory (config.json and theta.msgpack); choose another -o"
+        )
+    if not target.is_dir() or not any(target.iterdir()):
+        return
+    if not (target / CONFIG_FILE).is_file() and not (target / THETA_FILE).is_file():
+        raise RunError(
+            f"{target} is a non-empty directory that holds no saved optimizer; refusing to "
+            "write into it (choose another -o)"
+        )
+    if not overwrite:
+        raise RunError(
+            f"{target} already holds a saved optimizer; pass --overwrite to replace it, or "
+            "choose another -o"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``lopt-export``."""
     parser = argparse.ArgumentParser(
@@ -113,9 +137,14 @@ def main(argv: list[str] | None = None) -> None:
         default="best",
         help="the best theta by validation up to that step (default), or the step's own",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the saved optimizer the output directory already holds",
+    )
     args = parser.parse_args(argv)
     try:
-        output = export(args.path, args.output, args.step, args.theta)
+        output = export(args.path, args.output, args.step, args.theta, args.overwrite)
     except (RunError, CheckpointError) as err:
         print(f"lopt-export: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -5,8 +5,9 @@
     lopt-predict -m zoo=cnn model=nfn,unf,statnn,deepsets seed=0,1,2
 
 The run directory gets ``result.json`` (test and validation τ, early-stopping epoch, the
-invariance check, time, the resolved config) and ``predictions.npz`` (test predictions and
-true values); ``scripts/weight_space_page.py`` reads both. Returns τ to a sweeper.
+invariance check, time, the resolved config, the zoo's path relative to the run directory)
+and ``predictions.npz`` (test predictions and true values); ``scripts/weight_space_page.py``
+reads both. Returns τ to a sweeper.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of 
 from lopt.cli.common import (
     finish_context,
     run_in_output_dir,
+    run_relative,
     start_context,
     to_container,
     write_json,
@@ -61,7 +63,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     summary = {
         "zoo": cfg.zoo.name,
-        "zoo_path": zoo_dir,
+        "zoo_path": run_relative(zoo_dir, run_dir),
         "zoo_networks": zoo.size,
         "target": cfg.zoo.target,
         "model": kind,

@@ -42,6 +42,7 @@ REFERENCE_FILE = "validation/reference.json"
 
 VALIDATION_KEYS = (
     *(f"val_{name}{suffix}" for name in MEASURES for suffix in ("", "_se")),
+    "val_final_loss_gmean",
     "val_vs_adam",
     "val_vs_theta0",
 )
@@ -56,8 +57,8 @@ class RunState(NamedTuple):
         best_theta: the theta with the lowest validation score so far (the initial theta
             before any validation, or the current theta when validation is off).
         best_step: int32, the outer step of ``best_theta`` (0: the initial theta).
-        best_score: float32, its validation score (mean final training loss; ``inf`` when
-            not validated).
+        best_score: float32, its validation score (:meth:`ValidationScores.score` of the
+            run's ``validation.metric``; ``inf`` when not validated).
     """
 
     meta: MetaState
@@ -67,11 +68,13 @@ class RunState(NamedTuple):
 
 
 class Validation(NamedTuple):
-    """A run's meta-validation: how often, the validating function, the reference levels."""
+    """A run's meta-validation: how often, the validating function, the reference levels,
+    and the metric that selects the best theta."""
 
     every: int
     validate: Any
     reference: Reference
+    metric: str = "final_loss"
 
 
 def fresh_run_state(meta: MetaState) -> RunState:
@@ -84,11 +87,11 @@ def fresh_run_state(meta: MetaState) -> RunState:
     )
 
 
-def keep_best(state: RunState, scores: ValidationScores, step: int) -> RunState:
+def keep_best(state: RunState, scores: ValidationScores, step: int, metric: str) -> RunState:
     """``state`` with ``best_*`` moved to the current theta if it validates strictly better
-    (compared in float32, the precision the checkpoint keeps, so a resumed run decides
-    exactly as an uninterrupted one)."""
-    score = np.float32(scores.score)
+    on ``metric`` (compared in float32, the precision the checkpoint keeps, so a resumed run
+    decides exactly as an uninterrupted one)."""
+    score = np.float32(scores.score(metric))
     if not score < np.float32(state.best_score):
         return state
     return state._replace(
@@ -98,14 +101,22 @@ def keep_best(state: RunState, scores: ValidationScores, step: int) -> RunState:
     )
 
 
-def validation_summary(state: RunState, reference: Reference, last: dict | None) -> dict:
-    """What the run's validation found: the best theta's step and its ratios to the initial
-    theta and the reference Adam, the last theta's score, and a one-line verdict."""
+def validation_summary(
+    state: RunState, reference: Reference, records: list[dict], metric: str
+) -> dict:
+    """What the run's validation found: the best theta's step, its score on the selecting
+    ``metric`` and its other measures (from ``records``, the run's validated metrics
+    records), its ratios to the initial theta and the reference Adam, the last theta's
+    scores, and a one-line verdict."""
     best_score = float(state.best_score)
     improved = int(state.best_step) > 0
-    ratios = reference.ratios(best_score)
+    ratios = reference.ratios(best_score, metric)
     adam = reference.adam.summary()
     theta0 = reference.theta0.summary()
+    best = next((r for r in records if r["step"] == int(state.best_step)), None)
+    if best is None:
+        best = {f"val_{k}": v for k, v in theta0.items()}
+    last = records[-1] if records else None
     if not improved:
         verdict = (
             "validation never improved on the initial theta: optimizer/ holds theta0, "
@@ -113,23 +124,27 @@ def validation_summary(state: RunState, reference: Reference, last: dict | None)
         )
     else:
         verdict = (
-            f"best theta at step {int(state.best_step)}: validation loss "
+            f"best theta at step {int(state.best_step)}: validation {metric} "
             f"{ratios['val_vs_theta0']:.3g}x theta0's and {ratios['val_vs_adam']:.3g}x "
             f"tuned Adam's ({'beats' if ratios['val_vs_adam'] < 1 else 'does not beat'} Adam)"
         )
     finite = lambda v: v if v is None or math.isfinite(v) else None
     summary = {
+        "metric": metric,
         "best_step": int(state.best_step),
-        "best_final_loss": best_score,
+        "best_score": best_score,
+        "best_final_loss_gmean": best["val_final_loss_gmean"],
+        "best_valid_loss": best["val_valid_loss"],
         "best_vs_theta0": ratios["val_vs_theta0"],
         "best_vs_adam": ratios["val_vs_adam"],
         "improved_on_theta0": improved,
-        "theta0_final_loss": theta0["final_loss"],
-        "theta0_final_loss_se": theta0["final_loss_se"],
-        "adam_final_loss": adam["final_loss"],
-        "adam_final_loss_se": adam["final_loss_se"],
+        "theta0_final_loss_gmean": theta0["final_loss_gmean"],
+        "theta0_valid_loss": theta0["valid_loss"],
+        "adam_final_loss_gmean": adam["final_loss_gmean"],
+        "adam_valid_loss": adam["valid_loss"],
         "adam_learning_rate": reference.adam_learning_rate,
-        "last_final_loss": None if last is None else last["val_final_loss"],
+        "last_final_loss_gmean": None if last is None else last["val_final_loss_gmean"],
+        "last_valid_loss": None if last is None else last["val_valid_loss"],
         "verdict": verdict,
     }
     return {k: finite(v) if isinstance(v, float) else v for k, v in summary.items()}
@@ -223,7 +238,8 @@ def prepare_validation(
         if document.get("settings") == settings_json:
             if document.get("start_at_tuned"):
                 theta0 = with_step_size(theta0, document["start_at_tuned"]["learning_rate"])
-            return Validation(every, validate, Reference.from_json(document)), theta0
+            reference = Reference.from_json(document)
+            return Validation(every, validate, reference, settings.metric), theta0
     log.info(
         "validation: tuning the reference Adam and scoring theta0 (%d seeds, %d inner steps)",
         settings.num_seeds,
@@ -244,26 +260,28 @@ def prepare_validation(
         document = {"settings": settings_json, "start_at_tuned": tuned, **reference.to_json()}
         write_json(path, document)
     log.info(
-        "validation reference: theta0 %.4g, Adam %.4g (lr %g)",
-        reference.theta0.score,
-        reference.adam.score,
+        "validation reference (%s): theta0 %.4g, Adam %.4g (lr %g)",
+        settings.metric,
+        reference.theta0.score(settings.metric),
+        reference.adam.score(settings.metric),
         reference.adam_learning_rate,
     )
     bound = parts.objective.max_loss
-    if not math.isfinite(reference.theta0.score) or (
-        bound is not None and reference.theta0.score > bound
-    ):
+    theta0_final = reference.theta0.score("final_loss")
+    if not math.isfinite(theta0_final) or (bound is not None and theta0_final > bound):
         log.warning(
             "the initial theta diverges on the validation runs (final loss %.3g): its steps are "
             "far too large for %s; lower lopt.alpha",
-            reference.theta0.score,
+            theta0_final,
             parts.task.name,
         )
-    return Validation(every, validate, reference), theta0
+    return Validation(every, validate, reference, settings.metric), theta0
 
 
-def validation_record(scores: ValidationScores, reference: Reference) -> dict[str, float]:
-    """The validation columns of a metrics record."""
+def validation_record(
+    scores: ValidationScores, reference: Reference, metric: str
+) -> dict[str, float]:
+    """The validation columns of a metrics record; the ratios are on ``metric``."""
     record = {f"val_{k}": v for k, v in scores.summary().items()}
-    record.update(reference.ratios(scores.score))
+    record.update(reference.ratios(scores.score(metric), metric))
     return record

@@ -13,8 +13,8 @@ Groups and their schemas:
 ==============  ==========================================================================
 group           schemas (``_target_`` is the function the options are passed to)
 ==============  ==========================================================================
-``task``        :class:`MLPTask`, :class:`CNNTask`, :class:`RNNTask`, :class:`TransformerTask`
-                and their tensorflow-datasets variants
+``task``        :class:`MLPTask`, :class:`CNNTask`, :class:`RNNTask`, :class:`TransformerTask`,
+                their augmented-digits and tensorflow-datasets variants
 ``lopt``        :class:`NFOptimizer` (unf, unf_deep, nfn, deepsets), :class:`SGDMOptimizer`,
                 :class:`AdamOptimizer`
 ``estimator``   :class:`PESEstimator`, :class:`TBPTTEstimator`, :class:`ESEstimator`
@@ -122,6 +122,8 @@ def learned_schema(class_name: str, factory: Callable[..., Any], name: str) -> t
 
 # -- task -------------------------------------------------------------------------------
 
+MLPAugmentedTask = task_schema("MLPAugmentedTask", "mlp_augmented_digits")
+CNNAugmentedTask = task_schema("CNNAugmentedTask", "cnn_augmented_digits")
 MLPTask = task_schema("MLPTask", "mlp_digits")
 MLPFashionTask = task_schema("MLPFashionTask", "mlp_fashion_mnist")
 CNNTask = task_schema("CNNTask", "cnn_digits")
@@ -228,7 +230,7 @@ class Split(enum.Enum):
     """Data the per-step meta-objective is measured on."""
 
     train = "train"
-    test = "test"
+    valid = "valid"
 
 
 class Reduction(enum.Enum):
@@ -256,6 +258,13 @@ class ObjectiveConfig:
     max_loss_factor: float | None = 10.0
 
 
+class ValidationMetric(enum.Enum):
+    """What selects the best theta (:meth:`lopt.evaluation.validation.ValidationScores.score`)."""
+
+    final_loss = "final_loss"
+    valid_loss = "valid_loss"
+
+
 @dataclass
 class ValidationConfig:
     """Meta-validation (:mod:`lopt.evaluation.validation`): whole inner episodes from
@@ -269,6 +278,7 @@ class ValidationConfig:
     tail_fraction: float = 0.1
     num_test_batches: int = 4
     adam_learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_ADAM_GRID))
+    metric: ValidationMetric = ValidationMetric.final_loss
 
 
 @dataclass
@@ -406,6 +416,8 @@ def _pairs(population: Any) -> int:
 SCHEMAS: dict[str, dict[str, type]] = {
     "task": {
         "mlp": MLPTask,
+        "mlp_augmented": MLPAugmentedTask,
+        "cnn_augmented": CNNAugmentedTask,
         "mlp_tfds": MLPFashionTask,
         "cnn": CNNTask,
         "cnn_tfds": CNNCifarTask,

@@ -35,8 +35,9 @@ def describe(name: str, sizes: bool) -> list[str]:
         count = sum(math.prod(leaf.shape) for leaf in shapes)
         lines.append(
             f"    model: {count:,} parameters in {len(shapes)} tensors; {task.num_classes} "
-            f"classes; train split {task.split_size('train'):,}, test split "
-            f"{task.split_size('test'):,} (examples, or tokens for text)"
+            f"classes; splits train {task.split_size('train'):,}, valid "
+            f"{task.split_size('valid'):,}, test {task.split_size('test'):,} (examples, or "
+            f"tokens for text)"
         )
     return lines
 

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from lopt.checkpoint import Checkpointer, CheckpointError
 from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
-from lopt.cli import schema
+from lopt.cli import rundir, schema
 from lopt.cli.common import (
     RunError,
     build_logger,
@@ -78,7 +78,7 @@ from lopt.distributed import (
 from lopt.evaluation.evaluate import environment
 from lopt.evaluation.validation import Reference
 from lopt.learned import save_optimizer
-from lopt.loggers import Logger, MetricsFiles, null_logger
+from lopt.loggers import Logger, MetricsFiles, null_logger, progress_bar
 from lopt.meta import (
     LoopHooks,
     MetaState,
@@ -242,30 +242,26 @@ def plot_losses(
         axis.grid(alpha=0.3)
     if reference is not None:
         axis = axes[2]
-        validated = [r for r in records if math.isfinite(r.get("val_final_loss", math.nan))]
-        axis.errorbar(
+        key = "val_final_loss_gmean"
+        validated = [r for r in records if math.isfinite(r.get(key, math.nan))]
+        theta0, adam = reference.theta0.score(), reference.adam.score()
+        axis.plot(
             [0] + [r["step"] for r in validated],
-            [reference.theta0.score] + [r["val_final_loss"] for r in validated],
-            yerr=[reference.theta0.summary()["final_loss_se"]]
-            + [r["val_final_loss_se"] for r in validated],
+            [theta0] + [r[key] for r in validated],
             marker="o",
             ms=3,
             lw=1.5,
             label="theta",
         )
-        axis.axhline(reference.theta0.score, color="tab:gray", ls="--", label="theta0")
+        axis.axhline(theta0, color="tab:gray", ls="--", label="theta0")
         axis.axhline(
-            reference.adam.score,
-            color="tab:red",
-            ls=":",
-            label=f"Adam (lr {reference.adam_learning_rate:g})",
+            adam, color="tab:red", ls=":", label=f"Adam (lr {reference.adam_learning_rate:g})"
         )
-        levels = [reference.theta0.score, reference.adam.score]
-        levels += [r["val_final_loss"] for r in validated]
+        levels = [theta0, adam] + [r[key] for r in validated]
         if all(v > 0 and math.isfinite(v) for v in levels):
             axis.set_yscale("log")
         axis.set_xlabel("outer step")
-        axis.set_ylabel("validation final training loss")
+        axis.set_ylabel("validation final training loss\n(geometric mean over seeds)")
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
     figure.suptitle(title)
@@ -276,13 +272,7 @@ def plot_losses(
 
 
 def _summary(
-    records: list[dict],
-    config: dict,
-    parts: Any,
-    run_dir: Path,
-    start: int,
-    seconds: float,
-    measured_on: dict,
+    records: list[dict], config: dict, parts: Any, start: int, seconds: float, measured_on: dict
 ) -> dict:
     finite = lambda key: [r[key] for r in records if math.isfinite(r.get(key, math.nan))]
     losses, rates = finite("meta_loss"), finite("inner_steps_per_sec")
@@ -301,8 +291,7 @@ def _summary(
         "num_skipped": int(sum(r.get("skipped", 0) for r in records)),
         "inner_steps_per_sec": statistics.median(rates) if rates else None,
         "wall_time_sec": round(seconds, 2),
-        "run_dir": str(run_dir),
-        "optimizer_dir": str(run_dir / OPTIMIZER_DIR),
+        "optimizer_dir": OPTIMIZER_DIR,  # relative to the run directory, like every path here
         "environment": measured_on,
     }
 
@@ -333,6 +322,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         state, resumed = initial_state(trainer, checkpoints, config, mesh)
         start = int(state.meta.step)
         # Nothing is written before this point: a run that cannot start changes nothing.
+        rundir.accept(run_dir, cfg, write=is_main_process())
         files, logger = _open_outputs(run_dir, config, resumed, start)
         log.info(
             "%s %s on %s: %s, %d inner steps per outer step; run dir %s",
@@ -359,7 +349,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         files.records,
         config,
         parts,
-        run_dir,
         start if resumed else 0,
         time.perf_counter() - begin,
         measured_on,
@@ -368,7 +357,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if validation is not None:
         validated = [r for r in files.records if math.isfinite(r.get("val_final_loss", math.nan))]
         summary["validation"] = validation_summary(
-            state, validation.reference, validated[-1] if validated else None
+            state, validation.reference, validated, validation.metric
         )
     _publish(summary, run_dir, logger, optimizer_dir, parts)
     return summary
@@ -396,6 +385,7 @@ def _publish(summary: dict, run_dir: Path, logger: Logger, optimizer_dir: Path, 
     logger.log_optimizer(optimizer_dir)
     logger.finish(summary)
     shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in summary.items()}
+    shown["optimizer_dir"] = run_dir / OPTIMIZER_DIR
     shown.pop("validation", None)
     shown.pop("environment", None)
     log.info("summary:\n%s", "\n".join(f"  {k:20s} {v}" for k, v in shown.items()))
@@ -469,7 +459,7 @@ def _start_validation(
     if not resumed:
         if config["start_at_tuned"]:
             state = fresh_run_state(trainer.init(key, theta0))
-        theta0_score = np.float32(validation.reference.theta0.score)
+        theta0_score = np.float32(validation.reference.theta0.score(validation.metric))
         state = state._replace(best_score=jnp.asarray(theta0_score, jnp.float32))
     return state, validation
 
@@ -558,15 +548,15 @@ class StopRequest:
 
 
 def _progress_bar(config: dict, state: RunState) -> tqdm:
-    """The run's progress bar over outer steps, starting at ``state``'s."""
-    return tqdm(
+    """The run's progress bar over outer steps, starting at ``state``'s (on stderr, when it
+    is a terminal)."""
+    return progress_bar(
+        enabled=config["progress"] and is_main_process(),
         total=config["steps"],
         initial=int(state.meta.step),
-        disable=not config["progress"] or not is_main_process(),
         unit="step",
         desc=config["name"],
         dynamic_ncols=True,
-        file=sys.stderr,
     )
 
 
@@ -610,12 +600,12 @@ def _run_hooks(
 
     def validate(done: int, run: RunState) -> tuple[RunState, dict[str, float]]:
         scores = validation.validate(to_host(run.meta.theta))
-        fields = validation_record(scores, validation.reference)
+        fields = validation_record(scores, validation.reference, validation.metric)
         postfix.update(
             val_vs_adam=f"{fields['val_vs_adam']:.3g}",
             val_vs_theta0=f"{fields['val_vs_theta0']:.3g}",
         )
-        return keep_best(run, scores, done), fields
+        return keep_best(run, scores, done, validation.metric), fields
 
     def on_log(done: int, record: dict[str, float]) -> None:
         files.write(record)
@@ -677,7 +667,8 @@ def main(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _interrupt)  # while starting, like Ctrl-C
     try:
         join_processes(cfg)
-        summary = train(cfg, run_dir)
+        with rundir.run_directory(run_dir, cfg):
+            summary = train(cfg, run_dir)
     except (RunError, CheckpointError) as err:
         print(f"lopt-train: error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -701,7 +692,7 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + int(getattr(signal, summary["interrupted_by"])))
     loss = summary.get("final_meta_loss")
     if "validation" in summary:
-        loss = summary["validation"]["best_final_loss"]
+        loss = summary["validation"]["best_score"]
     return float(loss) if loss is not None and np.isfinite(loss) else None
 
 

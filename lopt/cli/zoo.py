@@ -6,7 +6,8 @@
 
 Rerunning with a larger ``zoo.count`` appends shards; other changed settings are refused.
 The zoo directory gets ``manifest.json`` and ``shard_*.npz`` (see :mod:`lopt.zoo.storage`);
-the run directory gets ``summary.json`` (size, compile and training time, metric spread).
+the run directory gets ``summary.json`` (size, compile and training time, metric spread; the
+zoo's path relative to the run directory).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of 
 from lopt.cli.common import (
     finish_context,
     run_in_output_dir,
+    run_relative,
     start_context,
     to_container,
     write_json,
@@ -73,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     zoo = load_zoo(directory)
     summary = {
-        "zoo": str(directory),
+        "zoo": run_relative(directory, run_dir),
         "networks": zoo.size,
         "seconds_this_run": round(time.perf_counter() - start, 1),
         "seconds_all_shards": round(sum(s["seconds"] for s in zoo.manifest["shards"]), 1),

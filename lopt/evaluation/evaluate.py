@@ -20,6 +20,7 @@ Procedure:
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -64,7 +65,7 @@ class EvalSettings:
             its best rate sits on (:func:`lopt.evaluation.sweep.tune_interior`).
     """
 
-    num_seeds: int = 5
+    num_seeds: int = 10
     num_steps: int = 2000
     seed_offset: int = EVAL_SEED_OFFSET
     num_tuning_seeds: int = 3
@@ -324,9 +325,11 @@ def generalization(result: EvalResult, meta_training: dict | None) -> dict | Non
 
 
 def target_loss(result: EvalResult) -> float | None:
-    """Tuned Adam's mean final loss over the evaluation seeds (None without Adam)."""
+    """Tuned Adam's geometric mean final loss over the evaluation seeds (None without Adam,
+    or when none of its seeds is finite)."""
     for optimizer in result.optimizers:
         if optimizer.kind == "baseline" and optimizer.config["name"] == TARGET_BASELINE:
             finals = stats.final_loss(optimizer.trajectory.train_loss, result.settings.tail)
-            return stats.summarize(finals).mean
+            geometric = stats.summarize_log(finals).geometric_mean
+            return geometric if math.isfinite(geometric) else None
     return None

@@ -3,9 +3,13 @@
 Files written by :func:`write_outputs`:
 
 * ``results.json``: settings, seeds, sweeps (every rate's per-seed final losses), and per
-  optimizer its per-seed curves, mean and standard-error curves, final loss, held-out
-  metrics, steps to tuned Adam's final loss, and timings. Non-finite numbers are ``null``.
-* ``results.md``: the summary table and the sweeps.
+  optimizer its per-seed final losses and failures, their log-space summary, held-out
+  metrics, steps to tuned Adam's final loss, timings, and its curves as means over
+  :data:`CURVE_BLOCKS` blocks of steps (per seed, and mean ± standard error over seeds);
+  for every trained optimizer a paired log-space test against every other. Non-finite
+  numbers are ``null``; paths are relative to the output directory. Small enough to keep
+  beside a published result (tens of kB).
+* ``results.md``: the summary table, the paired tests and the sweeps.
 * ``curves.png``: training loss (mean ± standard error over seeds) per optimizer, like
   Figure 2 of the UNF paper.
 """
@@ -38,6 +42,12 @@ FIGURE_FILE = "curves.png"
 HELD_OUT_METRICS = ("accuracy", "perplexity")
 """Held-out metrics shown next to the held-out loss, whichever the task reports."""
 
+CURVE_BLOCKS = 100
+"""Blocks of steps a stored curve is averaged into."""
+
+SIGNIFICANCE = 0.05
+"""The p-value below which a paired difference is called significant in the reports."""
+
 
 def _number(value: float) -> float | None:
     value = float(value)
@@ -58,32 +68,50 @@ def _summary(values: np.ndarray) -> dict:
     }
 
 
+def _final_summary(finals: np.ndarray, reference: np.ndarray | None) -> dict:
+    """Per-seed final losses: linear mean ± s.e., the log-space summary, and failures."""
+    failed = stats.failures(finals, reference)
+    log = stats.summarize_log(finals, failed)
+    return {
+        **_summary(finals),
+        "geometric_mean": _number(log.geometric_mean),
+        "median": _number(log.median),
+        "iqm": _number(log.iqm),
+        "log10_se": None if log.log_se is None else _number(log.log_se),
+        "failed": [bool(f) for f in failed],
+        "num_failed": log.num_failed,
+    }
+
+
 def _optimizer_summary(
-    result: EvalResult, optimizer: OptimizerResult, target: float | None
+    result: EvalResult, optimizer: OptimizerResult, target: float | None, reference: Any
 ) -> dict:
-    """One optimizer's entry of :func:`summarize_result`: its ``(S, T)`` curves, their
-    mean and standard error over the seeds, and the measures derived from them."""
+    """One optimizer's entry of :func:`summarize_result`: its final losses and held-out
+    metrics per seed and summarised, and its ``(S, T)`` curves averaged over blocks of steps
+    (per seed, and their mean and standard error over the seeds)."""
     tail = result.settings.tail
     curves = optimizer.trajectory.train_loss
-    mean_curve = stats.finite_mean(curves, axis=0)
+    steps, blocks = stats.block_means(curves, CURVE_BLOCKS)
+    reached = None
+    if target is not None:
+        reached = stats.steps_to_reach(stats.geometric_mean_curve(curves, tail), target, 1)
     return {
         "kind": optimizer.kind,
         "config": optimizer.config,
         "source": optimizer.source,
         "meta_training": optimizer.meta_training,
         "generalization": generalization(result, optimizer.meta_training),
-        "final_train_loss": _summary(stats.final_loss(curves, tail)),
+        "final_train_loss": _final_summary(stats.final_loss(curves, tail), reference),
         "held_out": {
             name: _summary(values) for name, values in optimizer.trajectory.test_metrics.items()
         },
-        "steps_to_target": (
-            None if target is None else stats.steps_to_reach(mean_curve, target, tail)
-        ),
+        "steps_to_target": reached,
         "seconds_per_step": optimizer.trajectory.seconds_per_step,
         "compile_seconds": optimizer.trajectory.compile_seconds,
-        "curve_mean": _numbers(mean_curve),
-        "curve_se": _numbers(stats.standard_error(curves, axis=0)),
-        "train_loss": _numbers(curves),
+        "curve_steps": steps.tolist(),
+        "curve_mean": _numbers(stats.finite_mean(blocks, axis=0)),
+        "curve_se": _numbers(stats.standard_error(blocks, axis=0)),
+        "train_loss": _numbers(blocks),
     }
 
 
@@ -115,10 +143,26 @@ def _settings_summary(result: EvalResult) -> dict:
         "tail_steps": tail,
         "num_test_batches": settings.num_test_batches,
         "final_loss": f"mean training loss over the last {tail} steps of a run",
+        "log_floor": stats.LOG_FLOOR,
+        "log_space": (
+            f"final losses compared as log10(max(loss, {stats.LOG_FLOOR:g})); geometric mean "
+            "over the finite seeds, median and interquartile mean over all seeds (a "
+            "non-finite loss counts as the worst)"
+        ),
+        "failure": (
+            f"a seed fails when its final loss is not finite or above "
+            f"{stats.FAILURE_FACTOR:g}x the same seed's tuned {TARGET_BASELINE} final loss"
+        ),
+        "paired_test": (
+            "two-sided paired t-test of the per-seed log10 differences over the seeds where "
+            "both are finite (p from Student's t, n - 1 degrees of freedom), and the seeds "
+            "each side wins"
+        ),
         "sweep_criterion": (
-            "lowest mean final training loss over the tuning seeds; a rate with a "
+            "lowest geometric mean final training loss over the tuning seeds; a rate with a "
             "diverged run is excluded"
         ),
+        "curves": f"means over at most {CURVE_BLOCKS} blocks of consecutive steps",
         "seconds_per_step": f"all {settings.num_seeds} seeds vmapped, compile excluded",
     }
 
@@ -126,6 +170,7 @@ def _settings_summary(result: EvalResult) -> dict:
 def summarize_result(result: EvalResult) -> dict:
     """Everything about the evaluation as a JSON-serialisable dict."""
     target = target_loss(result)
+    reference = reference_finals(result)
     return {
         "paired": paired_differences(result),
         "task": {"name": result.task_name, "config": result.task_config},
@@ -133,21 +178,32 @@ def summarize_result(result: EvalResult) -> dict:
         "target": {"baseline": TARGET_BASELINE, "final_train_loss": target},
         "sweeps": {name: _sweep_summary(sweep) for name, sweep in result.sweeps.items()},
         "optimizers": {
-            optimizer.label: _optimizer_summary(result, optimizer, target)
+            optimizer.label: _optimizer_summary(result, optimizer, target, reference)
             for optimizer in result.optimizers
         },
         "environment": result.environment,
     }
 
 
+def reference_finals(result: EvalResult) -> np.ndarray | None:
+    """Tuned Adam's per-seed final losses, what a failure is measured against (None without
+    an Adam baseline: then only non-finite losses fail)."""
+    for optimizer in result.optimizers:
+        if optimizer.kind == "baseline" and optimizer.config["name"] == TARGET_BASELINE:
+            return stats.final_loss(optimizer.trajectory.train_loss, result.settings.tail)
+    return None
+
+
 def paired_differences(result: EvalResult) -> dict[str, dict[str, dict]]:
-    """Final training loss of every trained optimizer minus every other optimizer's, paired
-    over the evaluation seeds (the same initial parameters and data stream per seed, so
-    seed-to-seed variation cancels).
+    """Every trained optimizer's final training losses against every other optimizer's,
+    paired over the evaluation seeds (the same initial parameters and data stream per seed,
+    so seed-to-seed variation cancels), in log space (:func:`lopt.evaluation.stats.
+    paired_log_test`).
 
     Returns:
-        ``{trained: {other: {"mean", "se", "z"}}}`` with ``z = mean / se`` (negative: the
-        trained optimizer is lower); ``None`` values where a difference is not finite.
+        ``{trained: {other: {"ratio", "log10_se", "t", "p_value", "wins", "losses", "ties",
+        "count"}}}``; ``ratio`` below 1 and negative ``t``: the trained optimizer is lower.
+        ``None`` where a value is undefined.
     """
     tail = result.settings.tail
     finals = {o.label: stats.final_loss(o.trajectory.train_loss, tail) for o in result.optimizers}
@@ -159,20 +215,32 @@ def paired_differences(result: EvalResult) -> dict[str, dict[str, dict]]:
         for other, values in finals.items():
             if other == optimizer.label:
                 continue
-            difference = finals[optimizer.label] - values
-            mean = float(difference.mean()) if np.isfinite(difference).all() else math.nan
-            se = float(stats.standard_error(difference))
-            z = mean / se if se > 0 and math.isfinite(mean) else math.nan
-            rows[other] = {"mean": _number(mean), "se": _number(se), "z": _number(z)}
+            test = stats.paired_log_test(finals[optimizer.label], values)
+            entry = {
+                k: (_number(v) if isinstance(v, float) else v) for k, v in test._asdict().items()
+            }
+            entry["log10_se"] = entry.pop("log_se")
+            rows[other] = entry
         out[optimizer.label] = rows
     return out
 
 
 def _format(mean: float | None, se: float | None, nonfinite: int = 0, total: int = 0) -> str:
+    """``mean ± se`` (``—`` for an undefined standard error), with diverged seeds counted."""
     if mean is None:
         return f"diverged ({nonfinite}/{total})" if nonfinite else "—"
-    text = f"{mean:.4g} ± {se:.2g}"
+    text = f"{mean:.4g} ± {'—' if se is None else f'{se:.2g}'}"
     return f"{text} ({nonfinite}/{total} diverged)" if nonfinite else text
+
+
+def _loss(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def _p_value(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2g}" if value >= 1e-4 else "< 1e-4"
 
 
 def _task_options(task: dict) -> str:
@@ -201,11 +269,12 @@ def _introduction(summary: dict) -> list[str]:
         "",
         f"{settings['num_steps']} steps from {len(seeds)} evaluation seeds "
         f"({seeds[0]}–{seeds[-1]}); final loss = {settings['final_loss']}; "
-        f"mean ± standard error over seeds. Held-out metrics: final parameters on "
-        f"{settings['num_test_batches']} test batches. Steps to target: first step at which "
-        f"the mean curve (trailing mean over {settings['tail_steps']} steps) reaches tuned "
-        f"{summary['target']['baseline']}'s final loss ({target_text}). Time per step: "
-        f"{settings['seconds_per_step']}.",
+        f"{settings['log_space']}. Failed: {settings['failure']}. Held-out metrics: final "
+        f"parameters on {settings['num_test_batches']} batches of the test split, mean ± "
+        f"standard error over seeds. Steps to target: first step at which the geometric "
+        f"mean over seeds of the runs' trailing-mean curves (over {settings['tail_steps']} "
+        f"steps) reaches tuned {summary['target']['baseline']}'s geometric mean final loss "
+        f"({target_text}). Time per step: {settings['seconds_per_step']}.",
         "",
     ]
 
@@ -213,14 +282,19 @@ def _introduction(summary: dict) -> list[str]:
 def _results_table(summary: dict) -> list[str]:
     """One row per optimizer: final loss, held-out metrics, steps to target, time."""
     metrics = _held_out_metrics(summary)
-    header = ["optimizer", "final train loss", "held-out loss", *[f"held-out {m}" for m in metrics]]
+    header = ["optimizer", "final train loss: geometric mean", "median", "IQM", "failed"]
+    header += ["held-out loss", *[f"held-out {m}" for m in metrics]]
     header += ["steps to Adam's final loss", "ms / step"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     total = len(summary["settings"]["seeds"])
     for label, entry in summary["optimizers"].items():
         final = entry["final_train_loss"]
         name = label if entry["kind"] == "trained" else _baseline_label(label, entry)
-        row = [name, _format(final["mean"], final["se"], final["num_nonfinite"], total)]
+        geometric = _loss(final["geometric_mean"])
+        if final["num_nonfinite"]:
+            geometric += f" (of {total - final['num_nonfinite']} finite)"
+        row = [name, geometric, _loss(final["median"]), _loss(final["iqm"])]
+        row.append(f"{final['num_failed']}/{total}")
         for metric in ("loss", *metrics):
             held = entry["held_out"].get(metric)
             row.append("—" if held is None else _format(held["mean"], held["se"]))
@@ -232,23 +306,34 @@ def _results_table(summary: dict) -> list[str]:
 
 
 def _paired_table(label: str, rows: dict[str, dict]) -> list[str]:
-    """A trained optimizer's paired differences (:func:`paired_differences`)."""
+    """A trained optimizer's paired log-space tests (:func:`paired_differences`)."""
     lines = [
         "",
-        f"**{label}, paired over seeds** (its final training loss minus the other's; "
-        "z = mean ÷ standard error of the per-seed differences, below −2: lower by more "
-        "than 2 paired s.e.)",
+        f"**{label}, paired over seeds** (ratio: geometric mean of its final training loss ÷ "
+        f"the other's per seed, below 1: lower; t and two-sided p of the paired t-test on the "
+        f"log10 differences; wins/losses/ties: seeds where it is lower/higher/equal; "
+        f"significant: p < {SIGNIFICANCE:g})",
         "",
-        "| against | difference | z |",
-        "|---|---|---|",
+        "| against | ratio | t | p | wins / losses / ties | verdict |",
+        "|---|---|---|---|---|---|",
     ]
     for other, entry in rows.items():
-        if entry["mean"] is None:
-            lines.append(f"| {other} | not finite | — |")
-        else:
-            z = "—" if entry["z"] is None else f"{entry['z']:.3g}"
-            lines.append(f"| {other} | {entry['mean']:.4g} ± {entry['se']:.2g} | {z} |")
+        counts = f"{entry['wins']} / {entry['losses']} / {entry['ties']}"
+        t = "—" if entry["t"] is None else f"{entry['t']:.3g}"
+        ratio = "—" if entry["ratio"] is None else f"{entry['ratio']:.3g}"
+        lines.append(
+            f"| {other} | {ratio} | {t} | {_p_value(entry['p_value'])} | {counts} | "
+            f"{verdict(entry)} |"
+        )
     return lines
+
+
+def verdict(entry: dict, level: float = SIGNIFICANCE) -> str:
+    """``lower``, ``higher`` or ``not significant`` for a paired test's entry."""
+    p_value, ratio = entry.get("p_value"), entry.get("ratio")
+    if p_value is None or ratio is None or p_value >= level:
+        return "not significant"
+    return "lower" if ratio < 1 else "higher"
 
 
 def _sweep_table(name: str, sweep: dict) -> list[str]:
@@ -327,7 +412,8 @@ def plot_curves(
         summary: output of :func:`summarize_result`.
         path: the PNG file.
         log_y: log-scale loss axis (None: automatic, see :func:`use_log_scale`).
-        smoothing: trailing-mean window of the drawn curves (0: ``T // 100``, 1: none).
+        smoothing: trailing-mean window, in stored points, of the drawn curves (0 or 1:
+            none; a stored point is already the mean of a block of steps).
     """
     import matplotlib
 
@@ -335,14 +421,14 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     num_steps = summary["settings"]["num_steps"]
-    window = smoothing if smoothing > 0 else max(1, num_steps // 100)
+    window = max(1, smoothing)
     figure, axis = plt.subplots(figsize=(6.4, 4.2), dpi=150)
     drawn = []
     for label, entry in summary["optimizers"].items():
         mean = np.asarray(entry["curve_mean"], dtype=np.float64)  # None -> nan
         se = np.asarray(entry["curve_se"], dtype=np.float64)
         mean, se = stats.trailing_mean(mean, window), stats.trailing_mean(se, window)
-        steps = np.arange(mean.shape[0])
+        steps = np.asarray(entry["curve_steps"]) + 1
         name = label if entry["kind"] == "trained" else _baseline_label(label, entry)
         style = "-" if entry["kind"] == "trained" else "--"
         (line,) = axis.plot(steps, mean, style, label=name, linewidth=1.4)
@@ -359,8 +445,12 @@ def plot_curves(
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     caption = f"mean ± s.e. over {summary['settings']['num_seeds']} seeds"
+    steps = summary["optimizers"] and next(iter(summary["optimizers"].values()))["curve_steps"]
+    if steps:
+        block = math.ceil(num_steps / len(steps))
+        caption += f", means over blocks of {block} steps"
     if window > 1:
-        caption += f", trailing mean over {window} steps"
+        caption += f", trailing mean over {window} blocks"
     axis.text(0.99, 0.01, caption, transform=axis.transAxes, ha="right", va="bottom", fontsize=7)
     figure.tight_layout()
     path = Path(path)

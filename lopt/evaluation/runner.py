@@ -4,7 +4,8 @@ Each run ``s`` starts from root key ``keys[s]``, split into an initialisation ke
 data-stream key (the training batch of step ``t`` is drawn from ``fold_in(data_key, t)``)
 and a held-out key. The ``T`` inner steps of all runs are one jitted ``lax.scan`` whose body
 is vmapped over runs; the held-out metrics of the final parameters are the mean over
-``num_test_batches`` random batches of the task's ``test`` split.
+``num_test_batches`` random batches of a held-out split: ``test`` for an evaluation,
+``valid`` for meta-validation and tuning runs made during meta-training.
 
 The meta-parameters are either shared by all runs (a learned optimizer on several seeds) or
 given per run (a baseline's learning-rate sweep: one ``theta`` per (rate, seed) pair), so a
@@ -24,6 +25,8 @@ import numpy as np
 from lopt.meta.population import train_step
 
 PyTree = Any
+
+HELD_OUT_SPLITS = ("valid", "test")
 
 
 class Trajectory(NamedTuple):
@@ -46,7 +49,11 @@ class Trajectory(NamedTuple):
 
 
 def make_run_fn(
-    opt: Any, num_steps: int, num_test_batches: int = 10, per_run_theta: bool = False
+    opt: Any,
+    num_steps: int,
+    num_test_batches: int = 10,
+    per_run_theta: bool = False,
+    held_out_split: str = "test",
 ) -> Callable[[Any, PyTree, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]:
     """Builds ``run(task, theta, keys) -> (train_loss (T, N), {metric: (N,)})``.
 
@@ -55,6 +62,7 @@ def make_run_fn(
         num_steps: inner steps ``T`` per run.
         num_test_batches: held-out batches averaged into the final metrics.
         per_run_theta: if true, every leaf of ``theta`` has a leading axis ``N``.
+        held_out_split: the split the final metrics are measured on (``test`` or ``valid``).
 
     Returns:
         A pure function, to be jitted; the task is an argument (its data stay runtime
@@ -64,6 +72,8 @@ def make_run_fn(
         raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
     if not isinstance(num_test_batches, int) or num_test_batches < 1:
         raise ValueError(f"num_test_batches must be a positive integer, got {num_test_batches!r}")
+    if held_out_split not in HELD_OUT_SPLITS:
+        raise ValueError(f"held_out_split must be one of {HELD_OUT_SPLITS}, got {held_out_split!r}")
     theta_axis = 0 if per_run_theta else None
 
     def run(task: Any, theta: PyTree, keys: jax.Array):
@@ -87,7 +97,9 @@ def make_run_fn(
 
         def held_out(params, key):
             batch_keys = jax.random.split(key, num_test_batches)
-            metrics = jax.vmap(lambda k: task.metrics(params, task.batch(k, "test")))(batch_keys)
+            metrics = jax.vmap(lambda k: task.metrics(params, task.batch(k, held_out_split)))(
+                batch_keys
+            )
             return jax.tree.map(lambda x: x.mean(axis=0), metrics)
 
         return losses, jax.vmap(held_out)(params, test_keys)
@@ -104,6 +116,7 @@ def run_seeds(
     *,
     num_test_batches: int = 10,
     per_run_theta: bool = False,
+    held_out_split: str = "test",
 ) -> Trajectory:
     """Trains ``task`` from each root key for ``num_steps`` steps with ``opt`` and ``theta``.
 
@@ -117,6 +130,7 @@ def run_seeds(
         num_steps: inner steps ``T``.
         num_test_batches: held-out batches averaged into the final metrics.
         per_run_theta: whether ``theta`` has a leading run axis.
+        held_out_split: the split of the held-out metrics (``test`` or ``valid``).
 
     Returns:
         A :class:`Trajectory`.
@@ -132,7 +146,7 @@ def run_seeds(
                 f"per-run theta must have a leading axis of {keys.shape[0]} (one per key) on "
                 f"every leaf; got leading sizes {sorted(map(str, sizes))}"
             )
-    run = make_run_fn(opt, num_steps, num_test_batches, per_run_theta)
+    run = make_run_fn(opt, num_steps, num_test_batches, per_run_theta, held_out_split)
     start = time.perf_counter()
     compiled = jax.jit(run).lower(task, theta, keys).compile()
     compile_seconds = time.perf_counter() - start

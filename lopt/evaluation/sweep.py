@@ -1,8 +1,9 @@
 """Tunes a baseline's learning rate by a log-grid sweep on the tuning seeds.
 
-Criterion: for each learning rate, the mean over tuning seeds of the final training loss
-(the mean over the last ``tail`` steps of each run, :func:`lopt.evaluation.stats.final_loss`);
-a rate any of whose runs diverges (non-finite final loss) scores ``inf``. The lowest score
+Criterion: for each learning rate, the geometric mean over tuning seeds of the final training
+loss (the mean over the last ``tail`` steps of each run, :func:`lopt.evaluation.stats.final_loss`,
+floored at :data:`lopt.evaluation.stats.LOG_FLOOR`: the log-space measure every comparison
+uses); a rate any of whose runs diverges (non-finite final loss) scores ``inf``. The lowest score
 wins; ties go to the smaller rate. All rates and seeds of a sweep run as one vmapped program.
 """
 
@@ -40,7 +41,7 @@ class SweepResult(NamedTuple):
         learning_rates: the grid, ``(G,)``, ascending.
         seeds: the tuning seeds, ``(S,)``.
         final_losses: ``(G, S)`` final training loss of every run.
-        scores: ``(G,)`` the criterion (mean final loss; ``inf`` if a run diverged).
+        scores: ``(G,)`` the criterion (geometric mean final loss; ``inf`` if a run diverged).
         best_index: index of the chosen rate.
         num_steps: inner steps of each run.
         tail: steps averaged into the final loss.
@@ -125,6 +126,7 @@ def tune_learning_rate(
     tail_fraction: float = 0.1,
     hyperparameters: Mapping[str, Any] | None = None,
     num_test_batches: int = 1,
+    held_out_split: str = "test",
 ) -> SweepResult:
     """Runs ``name`` with every learning rate of the grid from every tuning seed.
 
@@ -137,6 +139,7 @@ def tune_learning_rate(
         tail_fraction: fraction of final steps averaged into a run's final loss.
         hyperparameters: other hyperparameters of the baseline (e.g. ``momentum``).
         num_test_batches: held-out batches per run (unused by the criterion).
+        held_out_split: the split of those batches (``valid`` during meta-training).
 
     Returns:
         A :class:`SweepResult`.
@@ -160,10 +163,12 @@ def tune_learning_rate(
         num_steps,
         num_test_batches=num_test_batches,
         per_run_theta=True,
+        held_out_split=held_out_split,
     )
     tail = stats.tail_steps(num_steps, tail_fraction)
     finals = stats.final_loss(trajectory.train_loss, tail).reshape(len(rates), len(seeds))
-    scores = np.where(np.isfinite(finals).all(axis=1), finals.mean(axis=1), np.inf)
+    geometric = 10 ** stats.log_losses(finals).mean(axis=1)
+    scores = np.where(np.isfinite(finals).all(axis=1), geometric, np.inf)
     return SweepResult(
         name=name,
         hyperparameters=hyper,

@@ -6,11 +6,18 @@ task from a fixed set of seeds (:func:`lopt.evaluation.seeds.validation_seeds`, 
 meta-training, evaluation or tuning runs) for a whole episode at the meta-training horizon,
 with the evaluation runner (:func:`lopt.evaluation.runner.make_run_fn`; compiled once, theta
 is an argument), and reports the evaluation's measures with standard errors over the seeds.
+The runs train on the task's ``train`` split; their held-out loss is measured on ``valid``
+(never on ``test``, which is the evaluation's alone).
+
+The best theta is chosen on :attr:`ValidationSettings.metric`: ``final_loss`` (the default),
+the geometric mean of the runs' final training losses (the mean of their logs, floored at
+:data:`lopt.evaluation.stats.LOG_FLOOR`), or ``valid_loss``, the mean held-out loss on
+``valid``.
 
 >>> validator = make_validator(task, opt, ValidationSettings(num_seeds=4, num_steps=2000))
 >>> scores = validator(theta)            # a ValidationScores
 >>> reference = reference_scores(task, validator, theta0)   # theta0 and tuned Adam
->>> reference.ratios(scores.score)       # {"val_vs_adam": ..., "val_vs_theta0": ...}
+>>> reference.ratios(scores.score("final_loss"), "final_loss")   # {"val_vs_adam": ...}
 
 The reference Adam's learning rate is the best of a log-grid sweep on the validation seeds
 themselves at the same horizon, so its level is the best any grid rate reaches on exactly
@@ -37,10 +44,13 @@ DEFAULT_ADAM_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
 """Learning rates of the reference Adam's sweep (extended at an edge, see
 :func:`lopt.evaluation.sweep.tune_interior`)."""
 
-MEASURES = ("final_loss", "mean_loss", "test_loss")
+MEASURES = ("final_loss", "mean_loss", "valid_loss")
 """What a validation reports per seed: the evaluation's final training loss (mean over the
 last ``tail_fraction`` of steps), the mean training loss over the whole episode, and the
-held-out loss of the final parameters."""
+held-out loss of the final parameters on the ``valid`` split."""
+
+METRICS = ("final_loss", "valid_loss")
+"""What can select the best theta (:meth:`ValidationScores.score`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +65,7 @@ class ValidationSettings:
         tail_fraction: fraction of final steps averaged into a run's final loss.
         num_test_batches: held-out batches averaged into the held-out loss.
         adam_learning_rates: the reference Adam's sweep grid.
+        metric: what selects the best theta, one of :data:`METRICS`.
     """
 
     num_seeds: int = 4
@@ -63,8 +74,11 @@ class ValidationSettings:
     tail_fraction: float = 0.1
     num_test_batches: int = 4
     adam_learning_rates: Sequence[float] = DEFAULT_ADAM_GRID
+    metric: str = "final_loss"
 
     def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"validation metric must be one of {METRICS}, got {self.metric!r}")
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(
                 f"validation num_steps must be a positive integer, got {self.num_steps!r}"
@@ -92,28 +106,41 @@ class ValidationScores(NamedTuple):
     Attributes:
         final_loss: ``(S,)`` final training loss per seed.
         mean_loss: ``(S,)`` mean training loss over the episode per seed.
-        test_loss: ``(S,)`` held-out loss of the final parameters per seed.
+        valid_loss: ``(S,)`` held-out loss of the final parameters on ``valid`` per seed.
     """
 
     final_loss: np.ndarray
     mean_loss: np.ndarray
-    test_loss: np.ndarray
+    valid_loss: np.ndarray
 
-    @property
-    def score(self) -> float:
-        """What selects the best theta: the mean final training loss (``inf`` if any seed
-        diverged, so a theta that breaks one run never counts as the best)."""
-        finals = np.asarray(self.final_loss, np.float64)
-        return float(finals.mean()) if np.isfinite(finals).all() else math.inf
+    def score(self, metric: str = "final_loss") -> float:
+        """What selects the best theta (lower is better; ``inf`` if any seed diverged, so a
+        theta that breaks one run never counts as the best).
+
+        Args:
+            metric: ``final_loss``: the geometric mean of the final training losses (floored
+                at :data:`lopt.evaluation.stats.LOG_FLOOR`); ``valid_loss``: the mean held-out
+                loss.
+        """
+        if metric not in METRICS:
+            raise ValueError(f"validation metric must be one of {METRICS}, got {metric!r}")
+        values = np.asarray(getattr(self, metric), np.float64)
+        if not np.isfinite(values).all():
+            return math.inf
+        if metric == "final_loss":
+            return float(10 ** stats.log_losses(values).mean())
+        return float(values.mean())
 
     def summary(self) -> dict[str, float]:
-        """``{measure: mean, measure + "_se": standard error}`` over the seeds."""
+        """``{measure: mean, measure + "_se": standard error}`` over the seeds, and
+        ``final_loss_gmean``, the geometric mean final loss (:meth:`score`)."""
         out: dict[str, float] = {}
         for name in MEASURES:
             values = np.asarray(getattr(self, name), np.float64)
             mean = float(values.mean()) if np.isfinite(values).all() else math.inf
             out[name] = mean
             out[f"{name}_se"] = float(stats.standard_error(values))
+        out["final_loss_gmean"] = self.score("final_loss")
         return out
 
     def to_json(self) -> dict[str, list[float | None]]:
@@ -128,7 +155,7 @@ class ValidationScores(NamedTuple):
         return cls(**{name: read(document[name]) for name in MEASURES})
 
 
-def scores_from_losses(train_loss: Any, test_loss: Any, tail: int) -> ValidationScores:
+def scores_from_losses(train_loss: Any, valid_loss: Any, tail: int) -> ValidationScores:
     """The validation measures of ``N`` runs from their ``(N, T)`` training losses and
     ``(N,)`` held-out losses."""
     curves = np.asarray(train_loss, np.float64)
@@ -137,7 +164,7 @@ def scores_from_losses(train_loss: Any, test_loss: Any, tail: int) -> Validation
     return ValidationScores(
         final_loss=stats.final_loss(curves, tail),
         mean_loss=mean_loss,
-        test_loss=np.asarray(test_loss, np.float64),
+        valid_loss=np.asarray(valid_loss, np.float64),
     )
 
 
@@ -150,7 +177,11 @@ def make_validator(
     first call and reused for every later theta of the same structure.
     """
     keys = seed_keys(settings.seeds)
-    run = jax.jit(runner.make_run_fn(opt, settings.num_steps, settings.num_test_batches))
+    run = jax.jit(
+        runner.make_run_fn(
+            opt, settings.num_steps, settings.num_test_batches, held_out_split="valid"
+        )
+    )
     tail = settings.tail
 
     def validate(theta: PyTree) -> ValidationScores:
@@ -177,13 +208,13 @@ class Reference(NamedTuple):
     adam_grid: tuple[float, ...]
     adam_grid_scores: tuple[float, ...]
 
-    def ratios(self, score: float) -> dict[str, float]:
-        """A validation score (:attr:`ValidationScores.score`) ÷ Adam's and ÷ theta0's."""
-        value = score
+    def ratios(self, score: float, metric: str = "final_loss") -> dict[str, float]:
+        """A validation score (:meth:`ValidationScores.score` of ``metric``) ÷ Adam's and ÷
+        theta0's on the same metric."""
         divide = lambda a, b: a / b if b > 0 and math.isfinite(b) else math.nan
         return {
-            "val_vs_adam": divide(value, self.adam.score),
-            "val_vs_theta0": divide(value, self.theta0.score),
+            "val_vs_adam": divide(score, self.adam.score(metric)),
+            "val_vs_theta0": divide(score, self.theta0.score(metric)),
         }
 
     def to_json(self) -> dict:
@@ -225,6 +256,7 @@ def reference_scores(
         settings.num_steps,
         tail_fraction=settings.tail_fraction,
         num_test_batches=settings.num_test_batches,
+        held_out_split="valid",
     )
     # The sweep ran Adam on exactly the validation runs: its best rate's runs are Adam's
     # validation (the same seeds, horizon, tail and held-out batches).

@@ -3,7 +3,8 @@
 Every inner step ``t`` of a particle yields one *per-step objective* value: the loss of the
 parameters entering step ``t`` (after ``t`` updates of the current episode) on either the
 training minibatch of that step (``split="train"``, free: it is the loss the inner gradient is
-taken of) or a fresh held-out batch (``split="test"``, one extra forward pass per step).
+taken of) or a fresh batch of the task's ``valid`` split (``split="valid"``, one extra forward
+pass per step). The ``test`` split is the evaluation's alone and is refused here.
 
 ``reduction`` says how per-step values form the objective of one unroll:
 
@@ -38,7 +39,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "valid")
 _REDUCTIONS = ("mean", "final")
 _TRANSFORMS = ("none", "log")
 _LOG_FLOOR = 1e-8
@@ -48,7 +49,7 @@ class MetaObjective(NamedTuple):
     """What the outer loop minimises (see the module docstring).
 
     Attributes:
-        split: ``"train"`` or ``"test"``: which data the per-step loss is measured on.
+        split: ``"train"`` or ``"valid"``: which data the per-step loss is measured on.
         reduction: ``"mean"`` or ``"final"``.
         transform: ``"none"`` or ``"log"``.
         clip: upper bound on each transformed per-step value, or ``None``.
@@ -63,6 +64,11 @@ class MetaObjective(NamedTuple):
 
     def validate(self) -> MetaObjective:
         """Returns self; raises ``ValueError`` naming the bad field otherwise."""
+        if self.split == "test":
+            raise ValueError(
+                "MetaObjective.split 'test' is reserved for the evaluation's held-out metrics; "
+                "meta-train on 'train' or 'valid'"
+            )
         if self.split not in _SPLITS:
             raise ValueError(f"MetaObjective.split must be one of {_SPLITS}, got {self.split!r}")
         if self.reduction not in _REDUCTIONS:

@@ -244,12 +244,12 @@ def _inner_stepper(
         theta: PyTree, particle: ParticleState
     ) -> tuple[ParticleState, jax.Array, jax.Array]:
         step_key = jax.random.fold_in(particle.data_key, particle.step)
-        train_key, test_key = jax.random.split(step_key)
+        train_key, valid_key = jax.random.split(step_key)
         params, opt_state, loss = train_step(
             task, opt, theta, particle.params, particle.opt_state, train_key
         )
-        if objective.split == "test":
-            value = task.loss(particle.params, task.batch(test_key, "test"))
+        if objective.split == "valid":
+            value = task.loss(particle.params, task.batch(valid_key, "valid"))
         else:
             value = loss
         new = particle._replace(params=params, opt_state=opt_state, step=particle.step + 1)

@@ -27,7 +27,7 @@ class TaskLike(Protocol):
         ...
 
     def batch(self, key: jax.Array, split: str = "train") -> PyTree:
-        """A batch of ``split`` (``"train"`` or ``"test"``) drawn from ``key``."""
+        """A batch of ``split`` (``"train"``, ``"valid"`` or ``"test"``) drawn from ``key``."""
         ...
 
 

@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+from lopt.loggers import progress_bar
 from lopt.zoo.problems import ZooProblem
 from lopt.zoo.storage import ShardWriter
 
@@ -277,7 +277,7 @@ def generate_zoo(
     first_new = done
     chunk_size = min(settings.chunk_size, settings.count - done)
     trainer = make_zoo_trainer(problem, settings.ranges, chunk_size)
-    bar = tqdm(total=settings.count, initial=done, unit="net", disable=not progress)
+    bar = progress_bar(enabled=progress, total=settings.count, initial=done, unit="net")
     train_seconds = 0.0
     while done < settings.count:
         shard_end = min(done + settings.shard_size, settings.count)

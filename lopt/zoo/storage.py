@@ -13,7 +13,6 @@ resumes from the last complete shard.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ import jax
 import numpy as np
 
 import lopt.nf as nf
+from lopt.persistence import config_differences, sha256
 
 PyTree = Any
 
@@ -116,15 +116,6 @@ def decode_spec(encoded: dict[str, list]) -> PyTree:
     return unflatten({name: tuple(_decode_id(a) for a in axes) for name, axes in encoded.items()})
 
 
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json_atomically(path: Path, content: dict) -> None:
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(content, indent=1, sort_keys=True))
@@ -168,10 +159,13 @@ class ShardWriter:
         description = json.loads(json.dumps(description))  # tuples to lists, as stored
         if (self.directory / MANIFEST).exists():
             self.manifest = read_manifest(self.directory)
-            if self.manifest["description"] != description:
+            differences = config_differences(self.manifest["description"], description)
+            if differences:
+                listed = "\n  ".join(differences)
                 raise ZooFormatError(
-                    f"{self.directory} holds a zoo generated with other settings:\n"
-                    f"  stored:    {self.manifest['description']}\n  requested: {description}"
+                    f"{self.directory} holds a zoo generated with other settings (stored -> "
+                    f"requested):\n  {listed}\nonly the count and the chunk size may change; "
+                    "write a zoo of other settings to another directory"
                 )
             verify_shards(self.directory, self.manifest)
         else:
