@@ -327,6 +327,10 @@ def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
     assert entry["num_failed"] == sum(entry["failed"])
     assert set(trained["held_out"]) == {"loss", "accuracy"}
     assert trained["generalization"]["task_changes"] == {"width": [32, 8]}
+    # Paths relative to the output directory: none of this machine's absolute paths.
+    assert trained["source"] == "../runs/tiny_unf"
+    assert trained["meta_training"]["run_dir"] == "../runs/tiny_unf"
+    assert str(tmp_path) not in (out / "results.json").read_text()
     assert trained["generalization"]["horizon_ratio"] == 2.0
     adam = summary["optimizers"]["adam"]
     assert summary["target"]["final_train_loss"] == adam["final_train_loss"]["geometric_mean"]
@@ -345,3 +349,26 @@ def test_cli_reports_bad_optimizer_path_and_bad_keys(tmp_path):
     assert not (tmp_path / "out").exists()  # not even Hydra's .hydra/ and log
     typo = lopt_eval("num_seed=3", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert typo.returncode != 0 and "num_seed" in typo.stderr
+
+
+def test_one_seed_leaves_standard_errors_undefined(tmp_path):
+    out = tmp_path / "out"
+    result = lopt_eval(
+        "task=mlp_digits",
+        "task.width=8",
+        "num_seeds=1",
+        "num_steps=10",
+        "tuning.num_seeds=2",
+        "~baselines.sgdm",
+        "~baselines.adam_cosine",
+        "baselines.adam.learning_rates=[0.001,0.01,0.1]",
+        "max_grid_extensions=0",
+        f"out_dir={out}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "num_seeds=1: a standard error needs two seeds or more" in result.stdout + result.stderr
+    adam = json.loads((out / "results.json").read_text())["optimizers"]["adam"]
+    assert adam["final_train_loss"]["se"] is None and adam["held_out"]["loss"]["se"] is None
+    assert adam["final_train_loss"]["log10_se"] is None
+    assert "± —" in (out / "results.md").read_text()

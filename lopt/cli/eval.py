@@ -181,6 +181,12 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
         )
     if not paths and not settings.baselines:
         raise EvalConfigError("nothing to evaluate: optimizers and baselines are both empty")
+    if settings.num_seeds < 2:
+        log.warning(
+            "num_seeds=%d: a standard error needs two seeds or more; they are shown as '—' and "
+            "stored as null, and the paired tests have no p-value",
+            settings.num_seeds,
+        )
     task = build_task(config["task"])
     log.info("task %s %s", task.name, dict(task.config))
     trained = [

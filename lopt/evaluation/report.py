@@ -472,7 +472,7 @@ def write_outputs(
     """
     directory = Path(out_dir)
     directory.mkdir(parents=True, exist_ok=True)
-    summary = summarize_result(result)
+    summary = relative_paths(summarize_result(result), directory)
     paths = {
         "json": directory / JSON_FILE,
         "markdown": directory / MARKDOWN_FILE,
@@ -482,6 +482,22 @@ def write_outputs(
     paths["markdown"].write_text(markdown_table(summary))
     plot_curves(summary, paths["figure"], log_y=log_y, smoothing=smoothing)
     return paths
+
+
+def relative_paths(summary: dict, directory: Path) -> dict:
+    """``summary`` with every optimizer's ``source`` and meta-training ``run_dir`` relative to
+    ``directory`` (where ``results.json`` is written), so that a result names no path of the
+    machine that made it and still finds its optimizers when moved with them."""
+    relative = lambda path: os.path.relpath(Path(path).resolve(), directory.resolve())
+    for entry in summary["optimizers"].values():
+        if entry.get("source"):
+            entry["source"] = relative(entry["source"])
+        if entry.get("meta_training") and entry["meta_training"].get("run_dir"):
+            entry["meta_training"] = {
+                **entry["meta_training"],
+                "run_dir": relative(entry["meta_training"]["run_dir"]),
+            }
+    return summary
 
 
 def load_summary(path: str | os.PathLike) -> dict[str, Any]:
