@@ -22,6 +22,9 @@ from lopt.evaluation import (
     final_loss,
     find_saved_optimizer,
     load_for_task,
+    load_summary,
+    markdown_table,
+    plot_curves,
     run_seeds,
     seed_keys,
     standard_error,
@@ -331,6 +334,10 @@ def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
     assert trained["source"] == "../runs/tiny_unf"
     assert trained["meta_training"]["run_dir"] == "../runs/tiny_unf"
     assert str(tmp_path) not in (out / "results.json").read_text()
+    # results.json round-trips: the report and the figure are rebuilt from it alone.
+    assert markdown_table(load_summary(out)) == (out / "results.md").read_text()
+    plot_curves(load_summary(out / "results.json"), tmp_path / "again.png")
+    assert (tmp_path / "again.png").read_bytes()[:4] == b"\x89PNG"
     assert trained["generalization"]["horizon_ratio"] == 2.0
     adam = summary["optimizers"]["adam"]
     assert summary["target"]["final_train_loss"] == adam["final_train_loss"]["geometric_mean"]
