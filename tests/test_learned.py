@@ -176,6 +176,52 @@ def test_adam_base_with_a_zero_last_layer_is_optax_adam_step_by_step(backbone):
     assert not np.allclose(jax.tree.leaves(moved[-1])[0], jax.tree.leaves(ours[-1])[0])
 
 
+def first_step(opt, theta, params, count=0):
+    """The update of a fresh state whose step count is ``count``."""
+    grads = jax.grad(mlp_loss)(params, data(jax.random.key(1)))
+    state = opt.init(params)._replace(count=jnp.asarray(count, jnp.int32))
+    return grads, opt.update(theta, grads, state, params)[0]
+
+
+def test_without_time_input_the_rule_ignores_the_step_count():
+    params = mlp_params()
+    timeless = L.make_optimizer("unf", MLP_SPEC, time="none", beta=1.0)
+    theta = timeless.init_meta(jax.random.key(0))
+    assert theta["network"]["pointwise_0"]["kernel"].shape[0] == feats.NUM_ENTRY_FEATURES
+    _, early = first_step(timeless, theta, params, count=0)
+    _, late = first_step(timeless, theta, params, count=100_000)
+    assert_trees_close(early, late, rtol=0, atol=0)
+    timed = L.make_optimizer("unf", MLP_SPEC, beta=1.0)
+    timed_theta = timed.init_meta(jax.random.key(0))
+    _, early = first_step(timed, timed_theta, params, count=0)
+    _, late = first_step(timed, timed_theta, params, count=100_000)
+    assert not np.allclose(early["Dense_0"]["kernel"], late["Dense_0"]["kernel"])
+    with pytest.raises(ValueError, match="time must be one of"):
+        L.make_optimizer("unf", MLP_SPEC, time="relative")
+
+
+@pytest.mark.parametrize("backbone", ["unf", "deepsets"])
+def test_normalized_output_is_a_unit_rms_term_per_tensor(backbone):
+    params = mlp_params()
+    alpha, beta = 0.5, 0.25
+    opt = L.make_optimizer(backbone, MLP_SPEC, alpha=alpha, beta=beta, normalize_output=True)
+    theta = opt.init_meta(jax.random.key(0))
+    grads, updates = first_step(opt, theta, params)
+    # sgdm base, first step: d = g, so the learned term is -update / alpha - g, over beta.
+    learned = jax.tree.map(lambda u, g: (-u / alpha - g) / beta, updates, grads)
+    for leaf in jax.tree.leaves(learned):
+        assert float(jnp.sqrt(jnp.mean(jnp.square(leaf)))) == pytest.approx(1.0, rel=1e-4)
+    # Scale-free: a network whose output is 10x larger takes the same step.
+    network = theta["network"]
+    last = max(network, key=lambda name: int(name.rsplit("_", 1)[1]))
+    louder = {**theta, "network": {**network, last: jax.tree.map(lambda x: 10 * x, network[last])}}
+    assert_trees_close(first_step(opt, louder, params)[1], updates, rtol=1e-5, atol=1e-7)
+    # A zero last layer stays exactly the base optimizer.
+    zero = L.make_optimizer(backbone, MLP_SPEC, normalize_output=True, zero_output=True)
+    grads, updates = first_step(zero, zero.init_meta(jax.random.key(0)), params)
+    assert_trees_close(updates, jax.tree.map(lambda g: -0.1 * g, grads), rtol=1e-6, atol=0)
+
+
 def test_initial_meta_parameters_are_the_papers():
     theta = L.make_optimizer("unf", MLP_SPEC).init_meta(jax.random.key(0))
     alpha, beta, gamma0 = L.meta_parameters(theta)
@@ -369,6 +415,8 @@ def test_config_rebuilds_the_optimizer():
         "b2": 0.999,
         "eps": 1e-8,
         "zero_output": False,
+        "time": "absolute",
+        "normalize_output": False,
     }
     again = L.optimizer_from_config(opt.config, MLP_SPEC)
     assert again.config == opt.config

@@ -51,6 +51,18 @@ NUM_ENTRY_FEATURES = 2 + len(FEATURE_DECAYS)
 NUM_TIME_FEATURES = len(TIMESCALES)
 NUM_FEATURES = NUM_ENTRY_FEATURES + NUM_TIME_FEATURES
 
+TIME_INPUTS = ("absolute", "none")
+"""What the network learns of the step count: ``absolute`` (the 11 :func:`time_features`, the
+UNF paper's) or ``none`` (no time input: the rule is the same function at every step, so a
+run longer than meta-training's horizon feeds it nothing it has not seen)."""
+
+
+def num_features(time: str = "absolute") -> int:
+    """Input channels of the update network for a :data:`TIME_INPUTS` choice."""
+    if time not in TIME_INPUTS:
+        raise ValueError(f"time must be one of {TIME_INPUTS}, got {time!r}")
+    return NUM_FEATURES if time == "absolute" else NUM_ENTRY_FEATURES
+
 
 def time_features(step: jax.Array | int) -> jax.Array:
     """The step-count embedding ``tanh(t / τ − 1)`` for every τ in :data:`TIMESCALES`.

@@ -18,6 +18,16 @@ Two bases (``base``):
 ``zero_output`` starts the network's last layer at zero, so the initial ``θ`` is exactly the
 base optimizer and meta-training only has to learn the correction.
 
+Two options bound what the rule can do beyond its meta-training runs (both off by default,
+the paper's rule):
+
+* ``time="none"`` feeds the network no step count (8 channels instead of 19), so it is the
+  same function at every step of a run of any length (Celo2 takes its schedule from outside
+  the same way).
+* ``normalize_output=True`` divides ``f`` per tensor by its root mean square, so the learned
+  term is ``β`` times a unit-RMS direction on every tensor, whatever the network outputs
+  (Celo2's normalisation); an all-zero ``f`` (the ``zero_output`` start) stays zero.
+
 ``f_θ`` is a neural functional over the whole weight space (:mod:`lopt.nf`) reading the
 19 feature channels of :mod:`lopt.learned.features`. ``α``, ``β`` and ``γ0`` are
 meta-parameters next to the network's weights. The momentum follows optax's convention
@@ -72,7 +82,12 @@ DEFAULTS = {
     "b2": 0.999,
     "eps": 1e-8,
     "zero_output": False,
+    "time": "absolute",
+    "normalize_output": False,
 }
+
+OUTPUT_RMS_EPS = 1e-30
+"""Added to the mean square of ``f`` before the root: an all-zero output stays zero."""
 
 
 class NFOptState(NamedTuple):
@@ -114,7 +129,9 @@ def _shape_free(backbone: str, perm_id: Any) -> bool:
     return not (backbone == "nfn" and isinstance(perm_id, nfspec.Spatial))
 
 
-def init_features(backbone: str, spec: nfspec.Spec, params: PyTree | None) -> PyTree:
+def init_features(
+    backbone: str, spec: nfspec.Spec, params: PyTree | None, channels: int = feats.NUM_FEATURES
+) -> PyTree:
     """The smallest feature tree that gives the network its full parameter shapes.
 
     Axes whose length the parameter shapes ignore get length one; the others take their
@@ -144,7 +161,7 @@ def init_features(backbone: str, spec: nfspec.Spec, params: PyTree | None) -> Py
                 )
             else:
                 dims.append(shape[position])
-        small.append(jnp.zeros((*dims, feats.NUM_FEATURES), jnp.float32))
+        small.append(jnp.zeros((*dims, channels), jnp.float32))
     treedef = jax.tree_util.tree_structure(spec, is_leaf=nfspec.is_axes)
     return jax.tree_util.tree_unflatten(treedef, small)
 
@@ -189,8 +206,11 @@ def check_network_options(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def check_rule_options(clip: float, base: str, b2: float, eps: float) -> None:
+def check_rule_options(
+    clip: float, base: str, b2: float, eps: float, time: str = "absolute"
+) -> None:
     """Raises a ValueError naming the first invalid fixed option of the update rule."""
+    feats.num_features(time)
     if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
         raise ValueError(f"clip must be a positive finite number, got {clip!r}")
     if base not in BASES:
@@ -222,6 +242,15 @@ def adam_direction(
     return direction, momentum, second
 
 
+def normalize_per_tensor(outputs: PyTree) -> PyTree:
+    """Each leaf ``(*shape, C)`` divided by its root mean square over the whole tensor."""
+
+    def one(f: jax.Array) -> jax.Array:
+        return f * jax.lax.rsqrt(jnp.mean(jnp.square(f)) + OUTPUT_RMS_EPS)
+
+    return jax.tree_util.tree_map(one, outputs)
+
+
 def base_direction(
     base: str, state: NFOptState, grads: PyTree, gamma0: jax.Array, b2: float, eps: float
 ) -> tuple[PyTree, PyTree, PyTree]:
@@ -249,6 +278,8 @@ def make_nf_optimizer(
     b2: float = DEFAULTS["b2"],
     eps: float = DEFAULTS["eps"],
     zero_output: bool = DEFAULTS["zero_output"],
+    time: str = DEFAULTS["time"],
+    normalize_output: bool = DEFAULTS["normalize_output"],
     example_params: PyTree | None = None,
 ) -> LearnedOptimizer:
     """The learned update rule with a neural-functional backbone.
@@ -267,6 +298,8 @@ def make_nf_optimizer(
         eps: denominator offset of the ``adam`` base (fixed).
         zero_output: start the network's last layer at zero (the initial theta is then
             exactly the base optimizer).
+        time: the step-count input, one of :data:`lopt.learned.features.TIME_INPUTS`.
+        normalize_output: divide ``f`` per tensor by its RMS (see the module docstring).
         example_params: params (or ``jax.ShapeDtypeStruct`` tree) giving the lengths of
             axes folded into channels, used by ``init_meta`` when it gets no ``params``.
 
@@ -275,14 +308,17 @@ def make_nf_optimizer(
         ``{"log_alpha", "log_beta", "logit_gamma0", "network"}``.
     """
     check_network_options(backbone, spec, hidden, depth, example_params)
-    check_rule_options(clip, base, b2, eps)
+    check_rule_options(clip, base, b2, eps, time)
     initial = initial_meta_parameters(alpha, beta, gamma0)
+    channels = feats.num_features(time)
     network = build_network(backbone, spec, hidden, depth)
     init_network = jax.jit(network.init)  # one compiled call instead of many eager ops
     clip = float(clip)
 
     def init_meta(key: jax.Array, params: PyTree | None = None) -> PyTree:
-        example = init_features(backbone, spec, example_params if params is None else params)
+        example = init_features(
+            backbone, spec, example_params if params is None else params, channels
+        )
         network_params = init_network(key, example)["params"]
         if zero_output:
             network_params = zero_last_layer(network_params)
@@ -307,8 +343,12 @@ def make_nf_optimizer(
         alpha, beta, gamma0 = meta_parameters(theta)
         direction, momentum, second = base_direction(base, state, grads, gamma0, b2, eps)
         feature_momenta = feats.update_feature_momenta(state.feature_momenta, grads)
-        inputs = feats.weight_space_features(params, grads, feature_momenta, state.count, clip)
+        inputs = feats.entry_features(params, grads, feature_momenta, clip)
+        if time == "absolute":
+            inputs = feats.with_time_features(inputs, state.count)
         outputs = network.apply({"params": theta["network"]}, inputs)
+        if normalize_output:
+            outputs = normalize_per_tensor(outputs)
         updates = jax.tree_util.tree_map(
             lambda d, f: (-alpha * (d + beta * f[..., 0])).astype(d.dtype), direction, outputs
         )
@@ -326,5 +366,7 @@ def make_nf_optimizer(
         "b2": float(b2),
         "eps": float(eps),
         "zero_output": bool(zero_output),
+        "time": time,
+        "normalize_output": bool(normalize_output),
     }
     return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config, spec=spec)
