@@ -38,6 +38,7 @@ process the whole state on the host; ``MetaTrainer.place`` puts it back on the m
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -50,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.distributed import barrier, is_main_process, to_host
-from lopt.persistence import write_text
+from lopt.persistence import leaf_mismatch, write_text
 
 PyTree = Any
 log = logging.getLogger(__name__)
@@ -86,8 +87,10 @@ class LeafInfo(NamedTuple):
     key_impl: str | None
 
 
+@functools.cache
 def _ocp() -> Any:
     # orbax logs every save at INFO through absl; keep the console for the run's own output.
+    # Once, on first use, so that a caller who sets absl's level afterwards keeps it.
     logging.getLogger("absl").setLevel(logging.WARNING)
     import orbax.checkpoint as ocp
 
@@ -391,7 +394,7 @@ class Checkpointer:
         meta = self.metadata(step)
         expected = describe(like)
         stored = leaf_infos(meta)
-        problems = compare_structure(stored, expected)
+        problems = _structure_problems(stored, expected)
         if problems:
             listed = "\n  ".join(problems[:10])
             more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
@@ -481,27 +484,23 @@ def _written_by_version(directory: Path) -> int:
     return 0
 
 
-def compare_structure(stored: list[LeafInfo], expected: list[LeafInfo]) -> list[str]:
+def _structure_problems(stored: list[LeafInfo], expected: list[LeafInfo]) -> list[str]:
     """Human-readable differences between stored and expected leaves (empty if they fit)."""
-    stored_by_path = {info.path: info for info in stored}
-    expected_by_path = {info.path: info for info in expected}
-    problems = [
-        f"{p}: missing from the checkpoint" for p in expected_by_path if p not in stored_by_path
-    ]
-    problems += [
-        f"{p}: not expected by this run" for p in stored_by_path if p not in expected_by_path
-    ]
-    for path, want in expected_by_path.items():
-        got = stored_by_path.get(path)
-        if got is None:
-            continue
+    mismatch = leaf_mismatch(
+        {info.path: info for info in expected}, {info.path: info for info in stored}, ordered=True
+    )
+    if mismatch is None:
+        return []
+    problems = [f"{path}: missing from the checkpoint" for path in mismatch.missing]
+    problems += [f"{path}: not expected by this run" for path in mismatch.unexpected]
+    for path, got, want in mismatch.wrong:
         for field, label in (("shape", "shape"), ("dtype", "dtype"), ("key_impl", "PRNG key")):
             if getattr(got, field) != getattr(want, field):
                 problems.append(
                     f"{path}: {label} {getattr(got, field)} in the checkpoint, "
                     f"{getattr(want, field)} expected"
                 )
-    if not problems and [i.path for i in stored] != [i.path for i in expected]:
+    if mismatch.reordered and not problems:
         problems.append("the leaves are stored in a different order than this run expects")
     return problems
 

@@ -11,8 +11,9 @@ Files that must come back exactly as written (a saved optimizer's ``theta.msgpac
 shards) are recorded with their :func:`sha256`, which the reader compares.
 
 Every check that one pytree fits another (meta-parameters against an optimizer, gradients
-against params) goes through :func:`tree_mismatch`, so the messages name the offending
-entries the same way everywhere:
+against params, a checkpoint against the run restoring it) goes through
+:func:`leaf_mismatch` (:func:`tree_mismatch` for two trees), so the offending entries are
+found and named the same way everywhere:
 
 >>> mismatch = theta_mismatch(opt, theta, params)
 >>> if mismatch is not None:
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -111,28 +113,70 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 class TreeMismatch(NamedTuple):
-    """How a pytree differs from the one expected, by leaf path (``jax.tree_util.keystr``).
+    """How a tree's leaves differ from those expected, by leaf path
+    (``jax.tree_util.keystr``).
 
     Attributes:
-        missing: expected paths the tree lacks, sorted.
-        unexpected: paths of the tree that are not expected, sorted.
-        wrong: ``(path, found shape, expected shape)`` of each common leaf whose shape
-            (or, with ``ranks_only``, rank) differs, in the expected tree's order.
+        missing: expected paths the tree lacks, in the expected order.
+        unexpected: paths of the tree that are not expected, in the tree's order.
+        wrong: ``(path, found, expected)`` descriptions (shapes, for :func:`tree_mismatch`)
+            of each common leaf that differs, in the expected order.
+        reordered: whether the leaves come in another order than expected (only when the
+            order was asked to matter).
         ranks_only: whether only ranks were compared.
     """
 
     missing: list[str]
     unexpected: list[str]
-    wrong: list[tuple[str, tuple[int, ...], tuple[int, ...]]]
-    ranks_only: bool
+    wrong: list[tuple[str, Any, Any]]
+    reordered: bool = False
+    ranks_only: bool = False
+
+    @property
+    def paths_differ(self) -> bool:
+        """Whether the paths themselves (not only the leaves at them) differ."""
+        return bool(self.missing or self.unexpected or self.reordered)
 
     def __str__(self) -> str:
-        if self.missing or self.unexpected or not self.wrong:
-            return f"missing {self.missing or 'none'}, unexpected {self.unexpected or 'none'}"
+        if self.paths_differ or not self.wrong:
+            missing, unexpected = sorted(self.missing), sorted(self.unexpected)
+            return f"missing {missing or 'none'}, unexpected {unexpected or 'none'}"
         if self.ranks_only:
             return f"wrong rank for {[path for path, _, _ in self.wrong]}"
         path, found, expected = self.wrong[0]
         return f"{path} has shape {found}, expected {expected}"
+
+
+def leaf_mismatch(
+    expected: Mapping[str, Any],
+    actual: Mapping[str, Any],
+    *,
+    differs: Callable[[Any, Any], bool] = operator.ne,
+    ordered: bool = False,
+) -> TreeMismatch | None:
+    """How the leaves ``actual`` describes differ from those ``expected`` describes.
+
+    Args:
+        expected: ``{path: description}`` of the reference leaves, in their order.
+        actual: the same of the leaves to check.
+        differs: whether a found description (first argument) differs from the expected
+            one.
+        ordered: the leaves must also come in the same order, not only have the same paths.
+
+    Returns:
+        ``None`` when ``actual`` fits, else a :class:`TreeMismatch` with every difference.
+    """
+    missing = [path for path in expected if path not in actual]
+    unexpected = [path for path in actual if path not in expected]
+    wrong = [
+        (path, actual[path], want)
+        for path, want in expected.items()
+        if path in actual and differs(actual[path], want)
+    ]
+    reordered = ordered and not (missing or unexpected) and list(expected) != list(actual)
+    if missing or unexpected or wrong or reordered:
+        return TreeMismatch(missing, unexpected, wrong, reordered)
+    return None
 
 
 def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
@@ -156,15 +200,9 @@ def tree_mismatch(
     Returns:
         ``None`` when ``actual`` fits, else a :class:`TreeMismatch` (its ``str`` says how).
     """
-    want, got = _shapes(expected), _shapes(actual)
-    same_paths = list(want) == list(got) if ordered else set(want) == set(got)
-    if not same_paths:
-        missing = sorted(set(want) - set(got))
-        unexpected = sorted(set(got) - set(want))
-        return TreeMismatch(missing, unexpected, [], ranks_only)
-    differs = (lambda a, b: len(a) != len(b)) if ranks_only else (lambda a, b: a != b)
-    wrong = [(path, got[path], shape) for path, shape in want.items() if differs(got[path], shape)]
-    return TreeMismatch([], [], wrong, ranks_only) if wrong else None
+    differs = (lambda a, b: len(a) != len(b)) if ranks_only else operator.ne
+    mismatch = leaf_mismatch(_shapes(expected), _shapes(actual), differs=differs, ordered=ordered)
+    return None if mismatch is None else mismatch._replace(ranks_only=ranks_only)
 
 
 def expected_theta(opt: LearnedOptimizer, params: PyTree | None) -> PyTree:
@@ -198,7 +236,7 @@ def check_theta(opt: LearnedOptimizer, theta: PyTree, params: PyTree) -> None:
     if mismatch is None:
         return
     hint = ""
-    if mismatch.wrong:
+    if mismatch.wrong and not mismatch.paths_differ:
         hint = " (was theta made for a model whose fixed, unpermuted axes have other lengths?)"
     name = opt.config.get("name", "?")
     raise ValueError(

@@ -22,18 +22,10 @@ import tempfile
 from pathlib import Path
 
 import jax
-from bench_unf import (
-    CHANNELS,
-    SPACES,
-    WIDTHS,
-    add_allocator_option,
-    compile_pair,
-    features_for,
-    measure,
-    set_allocator,
-)
 
 import lopt.nf as nf
+from lopt.bench.spaces import CHANNELS, SPACES, WIDTHS, features_for
+from lopt.bench.timing import add_allocator_option, compile_pair, measure, set_allocator
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "lopt/nf"

@@ -16,10 +16,10 @@ import statistics
 import time
 
 import jax
-from bench_unf import jax_platform, parse_timing_args
 
 import lopt.learned as learned
 import lopt.tasks as tasks
+from lopt.bench.timing import jax_platform, parse_timing_args
 from lopt.meta.population import train_step
 
 TASKS = ("mlp_digits", "cnn_digits", "rnn_text", "transformer_text")

@@ -25,11 +25,11 @@ import time
 
 import jax
 import optax
-from bench_unf import jax_platform, parse_timing_args
 
 import lopt.learned as learned
 import lopt.meta as meta
 import lopt.tasks as tasks
+from lopt.bench.timing import jax_platform, parse_timing_args
 from lopt.meta.base import broadcast_theta
 
 TASKS = ("mlp_digits", "transformer_text")

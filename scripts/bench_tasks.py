@@ -30,9 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from bench_unf import jax_platform, parse_timing_args
 
 import lopt.tasks as tasks
+from lopt.bench.timing import jax_platform, parse_timing_args
 
 TASKS = ("mlp_digits", "cnn_digits", "rnn_text", "transformer_text")
 LEARNING_RATE = 1e-3

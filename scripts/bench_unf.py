@@ -23,118 +23,20 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-import statistics
-import sys
-import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 import lopt.nf as nf
+from lopt.bench.spaces import CHANNELS, SPACES, WIDTHS, features_for, is_shape
+from lopt.bench.timing import (
+    add_allocator_option,
+    compile_pair,
+    jax_platform,
+    measure,
+    set_allocator,
+)
 from lopt.nf.reference import per_term_apply
-
-WIDTHS = (32, 32, 32, 1)
-CHANNELS = 19
-
-
-def mlp_space():
-    sizes = [784, 32, 32, 10]
-    ids = [nf.ByChoice("in"), "h1", "h2", nf.ByChoice("out")]
-    spec, shapes = {}, {}
-    for layer in range(3):
-        name = f"Dense_{layer}"
-        spec[name] = {"kernel": (ids[layer], ids[layer + 1]), "bias": (ids[layer + 1],)}
-        shapes[name] = {"kernel": (sizes[layer], sizes[layer + 1]), "bias": (sizes[layer + 1],)}
-    return spec, shapes
-
-
-def cnn_space():
-    channels = [3, 32, 64, 64]
-    ids = [nf.ByChoice("image"), "c1", "c2", "c3"]
-    spec, shapes = {}, {}
-    for layer in range(3):
-        name = f"Conv_{layer}"
-        spec[name] = {
-            "kernel": (
-                nf.Spatial(f"{name}/h"),
-                nf.Spatial(f"{name}/w"),
-                ids[layer],
-                ids[layer + 1],
-            ),
-            "bias": (ids[layer + 1],),
-        }
-        shapes[name] = {
-            "kernel": (3, 3, channels[layer], channels[layer + 1]),
-            "bias": (channels[layer + 1],),
-        }
-    spec["Dense_0"] = {"kernel": ("c3", nf.ByChoice("class")), "bias": (nf.ByChoice("class"),)}
-    shapes["Dense_0"] = {"kernel": (64, 10), "bias": (10,)}
-    return spec, shapes
-
-
-def rnn_space():
-    vocab = nf.ByChoice("vocab")
-    spec = {
-        "embed": (vocab, "e"),
-        "input": ("e", "h"),
-        "recurrent": ("h", "h"),
-        "bias": ("h",),
-        "readout": {"kernel": ("h", vocab), "bias": (vocab,)},
-    }
-    shapes = {
-        "embed": (256, 64),
-        "input": (64, 128),
-        "recurrent": (128, 128),
-        "bias": (128,),
-        "readout": {"kernel": (128, 256), "bias": (256,)},
-    }
-    return spec, shapes
-
-
-def transformer_space(d=32, heads=4, head_dim=8, mlp=128, vocab=256, seq=8, blocks=2):
-    spec = {"embed": (nf.ByChoice("vocab"), "d"), "pos": (None, "d")}
-    shapes = {"embed": (vocab, d), "pos": (seq, d)}
-    for b in range(blocks):
-        h, qk, v, f = f"{b}/heads", f"{b}/qk", f"{b}/v", f"{b}/mlp"
-        spec[f"block_{b}"] = {
-            "ln1": {"scale": ("d",), "bias": ("d",)},
-            "query": (("d", h, qk)),
-            "key": ("d", h, qk),
-            "value": ("d", h, v),
-            "out": (h, v, "d"),
-            "ln2": {"scale": ("d",), "bias": ("d",)},
-            "mlp_in": {"kernel": ("d", f), "bias": (f,)},
-            "mlp_out": {"kernel": (f, "d"), "bias": ("d",)},
-        }
-        shapes[f"block_{b}"] = {
-            "ln1": {"scale": (d,), "bias": (d,)},
-            "query": (d, heads, head_dim),
-            "key": (d, heads, head_dim),
-            "value": (d, heads, head_dim),
-            "out": (heads, head_dim, d),
-            "ln2": {"scale": (d,), "bias": (d,)},
-            "mlp_in": {"kernel": (d, mlp), "bias": (mlp,)},
-            "mlp_out": {"kernel": (mlp, d), "bias": (d,)},
-        }
-    spec["ln_f"] = {"scale": ("d",), "bias": ("d",)}
-    shapes["ln_f"] = {"scale": (d,), "bias": (d,)}
-    spec["readout"] = ("d", nf.ByChoice("vocab"))
-    shapes["readout"] = (d, vocab)
-    return spec, shapes
-
-
-SPACES = {"mlp": mlp_space, "cnn": cnn_space, "rnn": rnn_space, "transformer": transformer_space}
-
-
-def features_for(shapes, key):
-    is_shape = lambda s: isinstance(s, tuple) and all(isinstance(n, int) for n in s)
-    leaves, treedef = jax.tree_util.tree_flatten(shapes, is_leaf=is_shape)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree_util.tree_unflatten(
-        treedef, [jax.random.normal(k, (*s, CHANNELS)) for k, s in zip(keys, leaves, strict=True)]
-    )
 
 
 def per_term_network(spec) -> Callable:
@@ -148,128 +50,6 @@ def per_term_network(spec) -> Callable:
         return x
 
     return apply
-
-
-def xla_gflop(executable) -> float:
-    """XLA's static estimate of a compiled executable's work, in GFLOP.
-
-    Its bytes-accessed estimate is left out: it counts every operand of an instruction
-    whole, so each of the layer's fusion boundaries (:func:`lopt.nf.xla_boundary.computed_once`,
-    a ``cond`` whose predicate reads one entry) would count as a full pass over the tensor.
-    """
-    analysis = executable.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
-        analysis = analysis[0] if analysis else {}
-    return (analysis or {}).get("flops", math.nan) / 1e9
-
-
-def compile_pair(apply, variables, x):
-    """Compiles forward and forward+backward.
-
-    Returns:
-        The executables by pass, and per pass its compile seconds and XLA's estimate of its
-        work (``"<pass> compile"``, ``"<pass> GFLOP"``).
-    """
-
-    def loss(v, inputs):
-        return sum(jnp.sum(leaf**2) for leaf in jax.tree_util.tree_leaves(apply(v, inputs)))
-
-    compiled, stats = {}, {}
-    for name, fn in (("fwd", apply), ("fwd+bwd", jax.grad(loss))):
-        start = time.perf_counter()
-        compiled[name] = jax.jit(fn).lower(variables, x).compile()
-        stats[f"{name} compile"] = time.perf_counter() - start
-        stats[f"{name} GFLOP"] = xla_gflop(compiled[name])
-        jax.block_until_ready(compiled[name](variables, x))
-    return compiled, stats
-
-
-def measure(candidates, x, repeats):
-    """Steady-state seconds of every candidate, timed in alternating blocks of calls.
-
-    Alternating blocks let machine load hit every candidate alike.
-
-    Args:
-        candidates: name -> (compiled executables by pass, variables).
-        x: the input.
-        repeats: timed calls per candidate and pass.
-
-    Returns:
-        name -> pass -> median seconds.
-    """
-    times = {name: {"fwd": [], "fwd+bwd": []} for name in candidates}
-    block = 5  # calls in a row, so one candidate's working set does not start each timing cold
-    for _ in range(max(repeats // block, 1)):
-        for name, (compiled, variables) in candidates.items():
-            for which, fn in compiled.items():
-                for _ in range(block):
-                    start = time.perf_counter()
-                    jax.block_until_ready(fn(variables, x))
-                    times[name][which].append(time.perf_counter() - start)
-    return {
-        name: {f"{which} run": statistics.median(values) for which, values in passes.items()}
-        for name, passes in times.items()
-    }
-
-
-# glibc's malloc maps a block above its mmap threshold (at most 32 MiB), and any block too
-# large for a worker thread's arena (64 MiB), fresh with mmap and unmaps it when freed. XLA
-# frees a call's temporaries when the call ends, so every call of a program with large
-# temporaries page-faults all of them in again: on the CNN space, 21,700 faults per UNF
-# forward+backward (an 88.8 MB temporary buffer) and 13,600 per Deep Sets one, whose
-# forward+backward ran 1.7-2.3x faster without them. These settings keep freed memory in
-# the heap, so the timings measure the computation, not the kernel zero-filling pages.
-# glibc reads them at process start only.
-REUSE_FREED_MEMORY = {
-    "MALLOC_ARENA_MAX": "1",
-    "MALLOC_MMAP_MAX_": "0",
-    "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
-}
-
-
-def add_allocator_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--default-allocator",
-        action="store_true",
-        help="time with glibc's malloc as configured by the environment, not with freed "
-        "memory kept for reuse (large temporaries are then page-faulted in on every call)",
-    )
-
-
-def set_allocator(args: argparse.Namespace) -> str:
-    """Restarts the process with freed memory kept for reuse, unless asked not to.
-
-    Call it before any JAX computation. Returns the allocator setting in words.
-    """
-    if args.default_allocator:
-        return "as the environment sets it"
-    missing = {k: v for k, v in REUSE_FREED_MEMORY.items() if os.environ.get(k) != v}
-    if missing:
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
-    return (
-        "freed memory kept for reuse ("
-        + " ".join(f"{k}={v}" for k, v in REUSE_FREED_MEMORY.items())
-        + "); XLA compiles 20-60% slower with one arena, --default-allocator times "
-        "compiles as a program run without these settings sees them"
-    )
-
-
-def parse_timing_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
-    """The command line's arguments, with ``--default-allocator`` among the options.
-
-    Sets the allocator (:func:`set_allocator`, so call it before any JAX computation) and
-    prints the setting.
-    """
-    add_allocator_option(parser)
-    args = parser.parse_args()
-    print(f"allocator: {set_allocator(args)}")
-    return args
-
-
-def jax_platform() -> str:
-    """``jax <version> on <platform>``: what the timings were measured with."""
-    return f"jax {jax.__version__} on {jax.devices()[0].platform}"
 
 
 def main() -> None:
@@ -304,10 +84,7 @@ def main() -> None:
             stats[name].update(runs)
         entries = sum(
             s[0] if len(s) == 1 else math.prod(s)
-            for s in jax.tree_util.tree_leaves(
-                shapes,
-                is_leaf=lambda s: isinstance(s, tuple) and all(isinstance(n, int) for n in s),
-            )
+            for s in jax.tree_util.tree_leaves(shapes, is_leaf=is_shape)
         )
         rows.append((space, entries, counts, stats))
         print(

@@ -29,8 +29,8 @@ import shutil
 from pathlib import Path
 
 import yaml
-from lever_table import fmt_number, scalars, table
 
+from lopt.evaluation.levers import fmt_number, scalars, table
 from lopt.evaluation.report import SIGNIFICANCE, verdict
 from lopt.learned.serialization import read_theta
 

@@ -28,6 +28,7 @@ from lopt.meta.outer import clip_by_global_norm, linear_warmup
 from lopt.persistence import config_differences as config_differences  # the tools import
 from lopt.persistence import write_json as write_json  # them from here
 from lopt.persistence import write_text as write_text
+from lopt.provenance import environment
 
 OUTER_OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -153,8 +154,6 @@ def run_relative(path: str | os.PathLike, run_dir: str | os.PathLike) -> str:
 def start_context() -> dict[str, Any]:
     """What a run is measured on, taken as it starts: jax, device, source commit, CPU count
     and the 1-minute load average (above the CPU count, other work shares the machine)."""
-    from lopt.evaluation.evaluate import environment  # imported late: a heavy module
-
     return environment() | {"cpus": os.cpu_count(), "load_average_start": _load()}
 
 

@@ -75,7 +75,6 @@ from lopt.distributed import (
     settings_from,
     to_host,
 )
-from lopt.evaluation.evaluate import environment
 from lopt.evaluation.validation import Reference
 from lopt.learned import save_optimizer
 from lopt.loggers import Logger, MetricsFiles, null_logger, progress_bar
@@ -87,6 +86,7 @@ from lopt.meta import (
     make_meta_trainer,
     outer_loop,
 )
+from lopt.provenance import environment
 
 log = logging.getLogger("lopt.train")
 

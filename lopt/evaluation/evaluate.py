@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -40,6 +38,7 @@ from lopt.evaluation.seeds import (
 )
 from lopt.evaluation.sweep import DEFAULT_GRIDS, SweepResult, tune_interior, with_horizon
 from lopt.learned import make_optimizer
+from lopt.provenance import environment
 
 TARGET_BASELINE = "adam"
 """The baseline whose final loss sets the steps-to-target column."""
@@ -148,38 +147,6 @@ class EvalResult(NamedTuple):
     sweeps: dict[str, SweepResult]
     optimizers: list[OptimizerResult]
     environment: dict
-
-
-def environment() -> dict:
-    """The jax version, backend and device kind the numbers were measured on, and the
-    source's git commit (None outside a git checkout; ``+`` marks uncommitted changes)."""
-    device = jax.devices()[0]
-    return {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": getattr(device, "device_kind", str(device)),
-        "device_count": jax.device_count(),
-        "commit": source_commit(),
-    }
-
-
-def source_commit() -> str | None:
-    """The git commit of the ``lopt`` source in use, with ``+`` if it has uncommitted
-    changes; None when the package is not in a git checkout (an installed wheel)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / ".git").exists():
-        return None
-    try:
-        git = lambda *args: subprocess.run(
-            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10
-        )
-        head = git("rev-parse", "--short=12", "HEAD")
-        if head.returncode:
-            return None
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-        return head.stdout.strip() + ("+" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def unique_labels(labels: Sequence[str]) -> list[str]:

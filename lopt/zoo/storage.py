@@ -13,8 +13,8 @@ resumes from the last complete shard.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import lopt.nf as nf
-from lopt.persistence import config_differences, sha256
+from lopt.persistence import config_differences, sha256, write_atomic, write_text
 
 PyTree = Any
 
@@ -116,12 +116,6 @@ def decode_spec(encoded: dict[str, list]) -> PyTree:
     return unflatten({name: tuple(_decode_id(a) for a in axes) for name, axes in encoded.items()})
 
 
-def _write_json_atomically(path: Path, content: dict) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(content, indent=1, sort_keys=True))
-    os.replace(temporary, path)
-
-
 def read_manifest(directory: str | Path) -> dict[str, Any]:
     """Reads and checks a zoo's manifest.
 
@@ -199,10 +193,9 @@ class ShardWriter:
         arrays |= {f"hyper/{k}": np.asarray(v) for k, v in hyperparameters.items()}
         arrays |= {f"metrics/{k}": np.asarray(v) for k, v in metrics.items()}
         name = f"shard_{len(self.manifest['shards']):05d}.npz"
-        temporary = self.directory / (name + ".tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(temporary, self.directory / name)
+        shard = io.BytesIO()
+        np.savez(shard, **arrays)
+        write_atomic(self.directory / name, shard.getvalue())
         self.manifest.setdefault(
             "shapes", {k: list(np.shape(v)[1:]) for k, v in flatten(params).items()}
         )
@@ -215,7 +208,7 @@ class ShardWriter:
                 "seconds": round(seconds, 3),
             }
         )
-        _write_json_atomically(self.directory / MANIFEST, self.manifest)
+        write_text(self.directory / MANIFEST, json.dumps(self.manifest, indent=1, sort_keys=True))
 
 
 def verify_shards(directory: Path, manifest: dict[str, Any]) -> None:
