@@ -9,7 +9,7 @@
 #   RECIPE=paper scripts/reproduce.sh             # the UNF paper's meta-training setting
 #
 # Each meta-training is the experiment's own budget (experiment=mlp: 1500 outer steps, about
-# 15 minutes on 2 CPU cores). Learned optimizers: unf, deepsets and sgdm (momentum SGD whose
+# half an hour on 2 CPU cores). Learned optimizers: unf, deepsets and sgdm (momentum SGD whose
 # learning rate and momentum are meta-trained the same way: the paper's baseline, labelled
 # sgdm_meta), plus nfn on the CNN, the only task where it differs from unf.
 #
