@@ -150,6 +150,7 @@ def sgd_run(task, steps):
     return run
 
 
+@pytest.mark.slow
 def test_vmapped_training_in_scan_matches_a_loop():
     # the first layer (one input channel) takes the im2col path, the second the loop
     task = get_task("cnn_digits", channels=(4, 6), batch_size=16)
@@ -163,6 +164,7 @@ def test_vmapped_training_in_scan_matches_a_loop():
     assert min(jax.tree.leaves(moved)) > 1e-3  # the runs really trained every kernel
 
 
+@pytest.mark.slow
 def test_vmapped_second_order_gradients_match_a_loop():
     # the gradient through an inner step differentiates the convolution's gradients
     task = get_task("cnn_digits", channels=(4, 6), batch_size=8)
@@ -199,6 +201,7 @@ for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
 """
 
 
+@pytest.mark.slow
 def test_particles_split_over_devices_stay_on_their_devices():
     # each device loops over its own particles: no particle is gathered to another device
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}

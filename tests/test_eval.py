@@ -358,6 +358,7 @@ def test_cli_reports_bad_optimizer_path_and_bad_keys(tmp_path):
     assert typo.returncode != 0 and "num_seed" in typo.stderr
 
 
+@pytest.mark.slow
 def test_one_seed_leaves_standard_errors_undefined(tmp_path):
     out = tmp_path / "out"
     result = lopt_eval(

@@ -185,13 +185,13 @@ def first_step(opt, theta, params, count=0):
 
 def test_without_time_input_the_rule_ignores_the_step_count():
     params = mlp_params()
-    timeless = L.make_optimizer("unf", MLP_SPEC, time="none", beta=1.0)
+    timeless = L.make_optimizer("deepsets", MLP_SPEC, time="none", beta=1.0)
     theta = timeless.init_meta(jax.random.key(0))
     assert theta["network"]["pointwise_0"]["kernel"].shape[0] == feats.NUM_ENTRY_FEATURES
     _, early = first_step(timeless, theta, params, count=0)
     _, late = first_step(timeless, theta, params, count=100_000)
     assert_trees_close(early, late, rtol=0, atol=0)
-    timed = L.make_optimizer("unf", MLP_SPEC, beta=1.0)
+    timed = L.make_optimizer("deepsets", MLP_SPEC, beta=1.0)
     timed_theta = timed.init_meta(jax.random.key(0))
     _, early = first_step(timed, timed_theta, params, count=0)
     _, late = first_step(timed, timed_theta, params, count=100_000)

@@ -33,7 +33,12 @@ def cached_params(name: str):
     return jax.jit(cached_task(name).init)(jax.random.key(1))
 
 
-@pytest.fixture(params=EMBEDDED_TASKS)
+# The augmented tasks share their models with the stored-digits ones; only their sampler
+# differs, which test_augmented_images_are_new_at_every_draw covers.
+MODEL_TASKS = tuple(name for name in EMBEDDED_TASKS if "augmented" not in name)
+
+
+@pytest.fixture(params=MODEL_TASKS)
 def task(request) -> Task:
     return cached_task(request.param)
 
@@ -106,6 +111,24 @@ def test_batches_have_documented_shapes_and_ranges(task):
         assert inputs.dtype == jnp.float32
         assert float(inputs.min()) >= 0.0 and float(inputs.max()) <= 1.0
         assert targets.dtype == jnp.int32 and int(targets.max()) < 10
+
+
+def test_augmented_images_are_new_at_every_draw():
+    task = cached_task("cnn_augmented_digits")
+    first = task.batch(jax.random.key(0))
+    again = task.batch(jax.random.key(0))
+    other = task.batch(jax.random.key(1), "test")
+    np.testing.assert_array_equal(first["inputs"], again["inputs"])  # a pure function of its key
+    images = np.asarray(first["inputs"])
+    assert images.shape == (128, 8, 8, 1) and images.min() >= 0.0 and images.max() <= 1.0
+    stored = np.asarray(task.data["train"]["images"], np.float32).reshape(-1, 64) / 16.0
+    drawn = images.reshape(128, 64)
+    # No drawn image is a stored one: each is distorted (and noisy) afresh.
+    distance = np.abs(drawn[:, None, :] - stored[None, :, :]).max(axis=-1).min(axis=1)
+    assert (distance > 0.05).all()
+    assert other["inputs"].shape == (128, 8, 8, 1)
+    with pytest.raises(ValueError, match="augmentation scale must be < 1"):
+        get_task("mlp_augmented_digits", scale=1.5)
 
 
 def test_digit_splits_hold_distinct_images():
@@ -255,8 +278,7 @@ def test_check_symmetry_accepts_plain_functions():
 
 def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
     optimizer = optax.adam(2e-2)
-    # Randomly distorted digits take a small CNN longer to pick up than the plain ones.
-    steps = 200 if task.name == "cnn_augmented_digits" else 60
+    steps = 60
     small = dataclasses.replace(task, batch_size=32)
 
     @jax.jit
