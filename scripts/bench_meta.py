@@ -13,26 +13,44 @@ The single-particle reference runs K scanned inner steps per call (dispatch excl
 calls of every configuration are interleaved round by round so that machine noise hits
 them alike.
 
+With ``--breakdown`` it instead splits one PES outer step of the shipped setting (16
+particles, truncations of 50 steps) into its parts, each jitted alone, vmapped over the
+particles and scanned over the truncation: the training batch (sampling and augmentation),
+the inner task's forward and backward pass, the rule's features, the rule's network, the
+whole inner step, and the estimator's bookkeeping (the outer step less its inner steps).
+Each part gets XLA's FLOP estimate and its achieved rate beside a square float32 matmul
+timed in the same run, and the share of a 60-minute run that meta-validation takes at the
+default settings (``validation.every`` outer steps per validation of ``--val-seeds`` runs
+of ``--val-steps`` steps, after a reference Adam sweep of ``--val-sweep`` learning rates).
+
     python scripts/bench_meta.py
     python scripts/bench_meta.py --tasks mlp_digits --optimizer deepsets --rounds 3
+    python scripts/bench_meta.py --breakdown --tasks cnn_augmented_digits rnn_text
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import optax
 
 import lopt.learned as learned
 import lopt.meta as meta
 import lopt.tasks as tasks
-from lopt.bench.timing import jax_platform, parse_timing_args
+from lopt.bench.timing import jax_platform, parse_timing_args, xla_gflop
+from lopt.learned import features as feats
+from lopt.learned.nf_optimizer import build_network
 from lopt.meta.base import broadcast_theta
+from lopt.meta.population import train_step
 
 TASKS = ("mlp_digits", "transformer_text")
+SHIPPED_TASKS = ("mlp_augmented_digits", "cnn_augmented_digits", "rnn_text", "transformer_text")
+RUN_SECONDS = 3600.0
 ESTIMATORS = ("pes", "tbptt", "full_es")
 
 
@@ -108,9 +126,225 @@ def bench_task(name: str, args) -> list[str]:
     return rows
 
 
+def scanned(body, carry, steps: int):
+    """The jitted, compiled ``steps``-fold scan of ``body`` from ``carry``, vmapped over its
+    leading axis, and XLA's GFLOP estimate of one call."""
+
+    @jax.jit
+    def run(carry):
+        return jax.lax.scan(lambda c, _: (jax.vmap(body)(c), None), carry, None, length=steps)[0]
+
+    compiled = run.lower(carry).compile()
+    jax.block_until_ready(compiled(carry))
+    return compiled, xla_gflop(compiled)
+
+
+def median_seconds(fn, arg, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(arg))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_rate(size: int, rounds: int) -> float:
+    """GFLOP/s of a jitted ``size``-square float32 matmul on this machine."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+    product = jax.jit(lambda x: x @ x).lower(a).compile()
+    jax.block_until_ready(product(a))
+    return 2 * size**3 / median_seconds(product, a, rounds) / 1e9
+
+
+def stacked(tree, count: int):
+    return jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, (count, *jnp.shape(x))), tree)
+
+
+def breakdown_parts(task, opt, theta, particles: int, steps: int) -> dict[str, tuple]:
+    """name -> (compiled scan, its carry, its GFLOP) for every part of one inner step."""
+    keys = jax.random.split(jax.random.PRNGKey(1), particles)
+    params = jax.vmap(task.init)(keys)
+    batch = jax.vmap(lambda k: task.batch(k, "train"))(keys)
+    grads = jax.vmap(jax.grad(task.loss))(params, batch)
+    state = jax.vmap(opt.init)(params)
+    momenta = jax.vmap(feats.init_feature_momenta)(params)
+    config = opt.config
+    network = build_network(config["name"], task.spec, config["hidden"], config["depth"])
+    inputs = jax.vmap(lambda p, g, m: feats.entry_features(p, g, m, config["clip"]))(
+        params, grads, momenta
+    )
+    timed = config.get("time", "absolute") == "absolute"
+
+    def sample(carry):
+        key, total = carry
+        key, sub = jax.random.split(key)
+        drawn = task.batch(sub, "train")
+        return key, total + sum(jnp.sum(x).astype(jnp.float32) for x in jax.tree.leaves(drawn))
+
+    def forward_backward(carry):
+        params, batch = carry
+        grads = jax.grad(task.loss)(params, batch)
+        return jax.tree_util.tree_map(lambda p, g: p - 1e-7 * g, params, grads), batch
+
+    def features(carry):
+        params, grads, momenta, count = carry
+        momenta = feats.update_feature_momenta(momenta, grads)
+        x = feats.entry_features(params, grads, momenta, config["clip"])
+        # feeds every channel back, so that none is dead code
+        momenta = jax.tree_util.tree_map(
+            lambda m, f: m + 1e-9 * jnp.sum(f, axis=-1, keepdims=True), momenta, x
+        )
+        total = count + jnp.sum(feats.time_features(count)) if timed else count
+        return params, grads, momenta, total
+
+    # Every particle has its own (perturbed) theta, as in the estimator's unroll.
+    thetas = jax.tree_util.tree_map(jnp.array, stacked(theta, particles))
+
+    def apply_network(carry):
+        x, count, theta = carry
+        context = feats.time_features(count) if timed else None
+        out = network.apply({"params": theta["network"]}, x, context)
+        return jax.tree_util.tree_map(lambda a, f: a + 1e-6 * f, x, out), count + 1, theta
+
+    def inner_step(carry):
+        params, state, key, theta = carry
+        key, sub = jax.random.split(key)
+        params, state, _ = train_step(task, opt, theta, params, state, sub)
+        return params, state, key, theta
+
+    count = jnp.zeros((particles,), jnp.float32)
+    carries = {
+        "batch": (keys, count),
+        "task fwd+bwd": (params, batch),
+        "features": (params, grads, momenta, count),
+        "network": (inputs, count, thetas),
+        "inner step": (params, state, keys, thetas),
+    }
+    bodies = {
+        "batch": sample,
+        "task fwd+bwd": forward_backward,
+        "features": features,
+        "network": apply_network,
+        "inner step": inner_step,
+    }
+    return {name: (*scanned(bodies[name], carries[name], steps), carries[name]) for name in bodies}
+
+
+def validation_share(
+    task, opt, theta, args, outer_seconds: float, rounds: int
+) -> tuple[float, float, float]:
+    """``(seconds per validation, start-up seconds, share of a 60-minute run)``.
+
+    A validation trains ``--val-seeds`` runs for ``--val-steps`` steps; the start-up tunes
+    Adam over ``--val-sweep`` learning rates on those runs and scores theta0 once.
+    """
+    seeds, steps = args.val_seeds, args.val_steps
+    chunk = min(steps, 100)
+    keys = jax.random.split(jax.random.PRNGKey(2), seeds)
+    params = jax.vmap(task.init)(keys)
+
+    def learned_step(carry):
+        params, state, key = carry
+        key, sub = jax.random.split(key)
+        params, state, _ = train_step(task, opt, theta, params, state, sub)
+        return params, state, key
+
+    adam = learned.make_optimizer("adam")
+    adam_theta = adam.init_meta(jax.random.PRNGKey(0))
+
+    def adam_step(carry):
+        params, state, key = carry
+        key, sub = jax.random.split(key)
+        params, state, _ = train_step(task, adam, adam_theta, params, state, sub)
+        return params, state, key
+
+    per_validation = []
+    for optimizer, body in ((opt, learned_step), (adam, adam_step)):
+        carry = (params, jax.vmap(optimizer.init)(params), keys)
+        compiled, _ = scanned(body, carry, chunk)
+        per_validation.append(median_seconds(compiled, carry, rounds) * steps / chunk)
+    validation, adam_validation = per_validation
+    startup = args.val_sweep * adam_validation + validation
+    cycle = args.val_every * outer_seconds + validation
+    validations = max(RUN_SECONDS - startup, 0.0) / cycle
+    return validation, startup, (startup + validations * validation) / RUN_SECONDS
+
+
+def breakdown_task(name: str, args, rate: float) -> list[str]:
+    """The rows of one task's outer-step breakdown."""
+    task = tasks.get_task(name)
+    opt = learned.make_optimizer(args.optimizer, task.spec)
+    theta = opt.init_meta(jax.random.PRNGKey(0), task.init(jax.random.PRNGKey(0)))
+    particles, steps = 2 * args.pairs, args.truncation
+    parts = breakdown_parts(task, opt, theta, particles, steps)
+    trainer = meta.make_meta_trainer(
+        task, opt, meta.pes(args.pairs, steps, args.sigma), optax.adam(1e-3), schedule=args.episode
+    )
+    state = trainer.init(jax.random.PRNGKey(0), theta)
+    state, _ = jax.block_until_ready(trainer.step(state))
+
+    seconds = {part: [] for part in parts}
+    outer = []
+    for _ in range(args.rounds):
+        for part, (compiled, _, carry) in parts.items():
+            seconds[part].append(median_seconds(compiled, carry, 1))
+        start = time.perf_counter()
+        state, metrics = trainer.step(state)
+        jax.block_until_ready(metrics)
+        outer.append(time.perf_counter() - start)
+    outer_seconds = statistics.median(outer)
+    rows = []
+    for part, (_, gflop, _) in parts.items():
+        part_seconds = statistics.median(seconds[part])
+        rows.append(breakdown_row(name, part, part_seconds, gflop, outer_seconds, rate))
+    inner = statistics.median(seconds["inner step"])
+    rows.append(breakdown_row(name, "bookkeeping", outer_seconds - inner, 0.0, outer_seconds, rate))
+    rows.append(breakdown_row(name, "outer step", outer_seconds, math.nan, outer_seconds, rate))
+    validation, startup, share = validation_share(task, opt, theta, args, outer_seconds, 3)
+    rows.append(
+        f"{name:<22}validation: {validation:.1f} s each every {args.val_every} outer steps, "
+        f"{startup:.0f} s at the start; {100 * share:.1f}% of a 60-minute run; "
+        f"{particles * steps / outer_seconds:.0f} inner steps/s"
+    )
+    return rows
+
+
+def breakdown_row(
+    task: str, part: str, seconds: float, gflop: float, outer: float, rate: float
+) -> str:
+    achieved = gflop / seconds if seconds > 0 else math.nan
+    return (
+        f"{task:<22}{part:<14}{seconds * 1e3:>10.1f}{100 * seconds / outer:>8.1f}"
+        f"{gflop:>10.3f}{achieved:>10.2f}{100 * achieved / rate:>8.1f}"
+    )
+
+
+def breakdown(args) -> None:
+    rate = matmul_rate(args.matmul_size, 10)
+    print(
+        f"{jax_platform()}; optimizer {args.optimizer}; PES {2 * args.pairs} particles x "
+        f"{args.truncation} steps per outer step; median of {args.rounds} rounds; "
+        f"{args.matmul_size}-square float32 matmul: {rate:.1f} GFLOP/s"
+    )
+    print(
+        f"{'task':<22}{'part':<14}{'ms':>10}{'% outer':>8}{'GFLOP':>10}{'GFLOP/s':>10}{'% mm':>8}"
+    )
+    for name in args.tasks:
+        for row in breakdown_task(name, args, rate):
+            print(row, flush=True)
+    print(
+        "ms: one call of the part over all particles and the truncation's steps; % outer: of "
+        "the PES outer step; % mm: achieved rate / the matmul's. The parts run alone, so "
+        "their sum exceeds the inner step by what XLA fuses across them; bookkeeping = outer "
+        "step - inner steps (perturbations, the estimate, the outer update)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", nargs="+", default=list(TASKS))
+    parser.add_argument(
+        "--tasks", nargs="+", help=f"default: {TASKS}; with --breakdown {SHIPPED_TASKS}"
+    )
     parser.add_argument("--optimizer", default="unf", choices=sorted(learned.LEARNED))
     parser.add_argument(
         "--estimators",
@@ -119,12 +353,31 @@ def main() -> None:
         choices=ESTIMATORS,
     )
     parser.add_argument("--pairs", type=int, default=8, help="antithetic pairs P")
-    parser.add_argument("--truncation", type=int, default=20, help="inner steps K per estimate")
+    parser.add_argument(
+        "--truncation", type=int, help="inner steps K per estimate (default 20; --breakdown 50)"
+    )
     parser.add_argument("--sigma", type=float, default=0.01)
     parser.add_argument("--episode", type=int, default=200, help="episode length (PES, TBPTT)")
     parser.add_argument("--full-episode", type=int, default=20, help="episode length (full ES)")
     parser.add_argument("--rounds", type=int, default=7, help="timed outer steps per estimator")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="split one PES outer step into its parts (defaults: the shipped tasks, P=16, K=50)",
+    )
+    parser.add_argument("--val-seeds", type=int, default=4, help="validation runs (breakdown)")
+    parser.add_argument("--val-steps", type=int, default=2000, help="their length (breakdown)")
+    parser.add_argument("--val-every", type=int, default=100, help="outer steps per validation")
+    parser.add_argument("--val-sweep", type=int, default=8, help="Adam learning rates tuned")
+    parser.add_argument("--matmul-size", type=int, default=1024)
     args = parse_timing_args(parser)
+    if args.breakdown:
+        args.tasks = args.tasks or list(SHIPPED_TASKS)
+        args.truncation = args.truncation or 50
+        breakdown(args)
+        return
+    args.tasks = args.tasks or list(TASKS)
+    args.truncation = args.truncation or 20
     print(
         f"{jax_platform()}; optimizer {args.optimizer}, "
         f"P={args.pairs} pairs, K={args.truncation}; median of {args.rounds} outer steps"

@@ -17,6 +17,7 @@ from .base import (
     language_model_metrics,
     make_task,
     text_sampler,
+    warp_images,
 )
 from .data import DatasetNotPreparedError, area_resize, prepare_instructions
 from .models import CNN, MLP, RNNLM, TransformerBlock, TransformerLM, identity_init
@@ -77,4 +78,5 @@ __all__ = [
     "text_sampler",
     "transformer_lm1b",
     "transformer_text",
+    "warp_images",
 ]

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import lopt.learned as L
 from lopt.learned import features as feats
+from lopt.nf import ContextDense
 from lopt.nf.spec import ByChoice, Spatial, permute, random_permutations
 
 # --- small models with hand-written specs -----------------------------------------------
@@ -324,6 +325,48 @@ def test_update_is_equivariant(backbone, spec, make_params, perm_ids):
         jax.tree.leaves(jax.tree.map(lambda a, b: jnp.max(jnp.abs(a - b)), updates, momentum_only))
     )
     assert gap > 1e-2
+
+
+@pytest.mark.parametrize(("backbone", "spec", "make_params", "perm_ids"), CASES)
+def test_time_context_equals_the_time_channels_broadcast_to_every_entry(
+    backbone, spec, make_params, perm_ids
+):
+    del perm_ids
+    params = make_params()
+    opt = L.make_optimizer(backbone, spec, hidden=8, depth=2, beta=1.0, alpha=1.0)
+    theta = opt.init_meta(jax.random.key(3), params)
+    grads = random_like(jax.random.key(4), params)
+    state = opt.init(params)._replace(count=jnp.asarray(37, jnp.int32))
+    updates, new_state = jax.jit(opt.update)(theta, grads, state, params)
+    # The reference: all 19 channels materialised per entry, read by the same network.
+    network = L.nf_optimizer.build_network(backbone, spec, 8, 2)
+    inputs = L.weight_space_features(params, grads, new_state.feature_momenta, 37)
+    outputs = network.apply({"params": theta["network"]}, inputs)
+    _, _, gamma0 = L.nf_optimizer.meta_parameters(theta)
+    momentum = jax.tree.map(lambda m, g: gamma0 * m + g, state.momentum, grads)
+    want = jax.tree.map(lambda m, f: -(m + f[..., 0]), momentum, outputs)
+    assert_trees_close(updates, want, rtol=1e-5, atol=1e-6)
+
+
+def test_context_dense_is_dense_on_the_broadcast_context():
+    matrix = jax.random.normal(jax.random.key(0), (13, 5))
+    context = jax.random.normal(jax.random.key(1), (3,))
+    broadcast = jnp.concatenate([matrix, jnp.broadcast_to(context, (13, 3))], axis=-1)
+    dense = nn.Dense(4)
+    variables = dense.init(jax.random.key(2), broadcast)
+    fused = ContextDense(4)
+    # Same parameter names, shapes and initial values, and the same outputs.
+    fused_variables = fused.init(jax.random.key(2), matrix, context)
+    assert_trees_close(fused_variables, variables, rtol=0, atol=0)
+    np.testing.assert_allclose(
+        fused.apply(variables, matrix, context), dense.apply(variables, broadcast), rtol=1e-5
+    )
+    params = mlp_params()
+    inputs = feats.entry_features(params, params, feats.init_feature_momenta(params))
+    with pytest.raises(ValueError, match="context must be one vector"):
+        L.nf_optimizer.build_network("unf", MLP_SPEC, 4, 1).init(
+            jax.random.key(0), inputs, jnp.zeros((2, 3))
+        )
 
 
 def test_nfn_is_not_equivariant_to_spatial_permutations_but_unf_is():

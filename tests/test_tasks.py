@@ -19,6 +19,7 @@ from lopt.tasks import (
     check_symmetry,
     get_task,
     task_names,
+    warp_images,
 )
 from lopt.tasks import data as task_data
 
@@ -129,6 +130,40 @@ def test_augmented_images_are_new_at_every_draw():
     assert other["inputs"].shape == (128, 8, 8, 1)
     with pytest.raises(ValueError, match="augmentation scale must be < 1"):
         get_task("mlp_augmented_digits", scale=1.5)
+
+
+def bilinear_reference(image: np.ndarray, row: float, col: float) -> np.ndarray:
+    """Bilinear interpolation at one source point, zero outside the image."""
+    height, width, _ = image.shape
+    value = np.zeros(image.shape[-1])
+    top, left = int(np.floor(row)), int(np.floor(col))
+    for y, wy in ((top, 1 - (row - top)), (top + 1, row - top)):
+        for x, wx in ((left, 1 - (col - left)), (left + 1, col - left)):
+            if 0 <= y < height and 0 <= x < width:
+                value += wy * wx * image[y, x]
+    return value
+
+
+def test_warped_images_are_bilinear_with_zeros_outside():
+    images = np.asarray(jax.random.uniform(jax.random.key(0), (3, 5, 6, 2)))
+    maps = np.array(
+        [
+            [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]],  # identity
+            [[0.9, -0.4, 1.7], [0.4, 0.9, -2.6]],  # rotation with shifts past the border
+            [[1.3, 0.2, -4.5], [0.0, 0.7, 5.2]],  # most points far outside
+        ],
+        np.float32,
+    )
+    warped = np.asarray(warp_images(jnp.asarray(images), jnp.asarray(maps)))
+    np.testing.assert_array_equal(warped[0], images[0])
+    centre = np.array([2.0, 2.5])
+    for b in (1, 2):
+        for y in range(5):
+            for x in range(6):
+                source = maps[b, :, :2] @ (np.array([y, x]) - centre) + maps[b, :, 2] + centre
+                want = bilinear_reference(images[b], *source)
+                np.testing.assert_allclose(warped[b, y, x], want, rtol=1e-5, atol=1e-6)
+    assert (warped[2] == 0).mean() > 0.3  # points outside the image read zeros
 
 
 def test_digit_splits_hold_distinct_images():

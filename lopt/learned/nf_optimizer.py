@@ -344,9 +344,10 @@ def make_nf_optimizer(
         direction, momentum, second = base_direction(base, state, grads, gamma0, b2, eps)
         feature_momenta = feats.update_feature_momenta(state.feature_momenta, grads)
         inputs = feats.entry_features(params, grads, feature_momenta, clip)
-        if time == "absolute":
-            inputs = feats.with_time_features(inputs, state.count)
-        outputs = network.apply({"params": theta["network"]}, inputs)
+        # The time channels are one vector shared by every entry: the network takes them as
+        # context (through its first layer's bias) instead of as 11 broadcast channels.
+        context = feats.time_features(state.count) if time == "absolute" else None
+        outputs = network.apply({"params": theta["network"]}, inputs, context)
         if normalize_output:
             outputs = normalize_per_tensor(outputs)
         updates = jax.tree_util.tree_map(

@@ -2,11 +2,13 @@
 
 from lopt.nf.coefficients import term_coefficients
 from lopt.nf.layers import (
+    ContextDense,
     InvariantNetwork,
     InvariantPool,
     NeuralFunctional,
     PointwiseDense,
     UNFLinear,
+    append_context,
     nfn_spec,
 )
 from lopt.nf.plan import Plan, bell, compile_plan, count_terms
@@ -37,6 +39,7 @@ from lopt.nf.stacking import (
 
 __all__ = [
     "ByChoice",
+    "ContextDense",
     "InvariantNetwork",
     "InvariantPool",
     "NeuralFunctional",
@@ -46,6 +49,7 @@ __all__ = [
     "SpecError",
     "StackedFeatures",
     "UNFLinear",
+    "append_context",
     "bell",
     "compile_plan",
     "count_terms",

@@ -8,6 +8,8 @@ same structure with its own number of channels.
   run from a compiled :class:`~lopt.nf.plan.Plan`.
 * :class:`PointwiseDense`: a Dense layer on the channels of every entry (Deep Sets),
   applied to all tensors at once as one ``(N, C)`` matrix.
+* :class:`ContextDense`: a Dense layer on ``[x, context]`` where ``context`` is one vector
+  shared by every entry, without broadcasting it to the entries.
 * :class:`InvariantPool`: the mean over every permuted axis, concatenated over tensors.
 * :class:`NeuralFunctional`: per-parameter layers, then equivariant layers.
 * :class:`InvariantNetwork`: a neural functional, invariant pooling and an MLP head.
@@ -240,6 +242,51 @@ class PointwiseDense(nn.Module):
         return from_matrix(nn.Dense(self.features, name="dense")(matrix))
 
 
+class ContextDense(nn.Module):
+    """A Dense layer on the channels ``[x, context]`` of every row, ``context`` shared by all.
+
+    Equal to ``nn.Dense`` applied to ``x`` with ``context`` broadcast and appended as extra
+    channels, with the same parameters (``kernel`` ``(C + K, features)``, ``bias``), the same
+    initialisation and the same parameter names, but the context's product with its rows
+    of the kernel is computed once, as part of the bias, instead of once per row.
+
+    Attributes:
+        features: output channels.
+        use_bias: whether the layer has a bias.
+    """
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, matrix: Array, context: Array) -> Array:
+        """Maps ``(N, C)`` rows and a ``(K,)`` context to ``(N, features)``."""
+        channels = matrix.shape[-1]
+        kernel = self.param(
+            "kernel",
+            nn.initializers.lecun_normal(),
+            (channels + context.shape[-1], self.features),
+            jnp.float32,
+        )
+        shift = context.astype(kernel.dtype) @ kernel[channels:]
+        if self.use_bias:
+            shift = shift + self.param(
+                "bias", nn.initializers.zeros_init(), (self.features,), jnp.float32
+            )
+        return matrix @ kernel[:channels] + shift
+
+
+def append_context(x: PyTree, context: Array) -> PyTree:
+    """Every tensor ``(*shape, C)`` of a feature tree with ``context`` ``(K,)`` appended to
+    each entry's channels: ``(*shape, C + K)``."""
+
+    def append(leaf: Array) -> Array:
+        broadcast = jnp.broadcast_to(context.astype(leaf.dtype), (*leaf.shape[:-1], context.size))
+        return jnp.concatenate([leaf, broadcast], axis=-1)
+
+    return jax.tree_util.tree_map(append, x)
+
+
 class InvariantPool(nn.Module):
     """Mean over all permuted axes of every tensor, concatenated: an invariant vector.
 
@@ -290,8 +337,16 @@ class NeuralFunctional(nn.Module):
     use_bias: bool = True
 
     @nn.compact
-    def __call__(self, x: PyTree) -> PyTree:
-        """Maps a feature tree ``(*shape, C_in)`` to ``(*shape, widths[-1])``."""
+    def __call__(self, x: PyTree, context: Array | None = None) -> PyTree:
+        """Maps a feature tree ``(*shape, C_in)`` to ``(*shape, widths[-1])``.
+
+        Args:
+            x: the weight-space feature tree.
+            context: optional ``(K,)`` channels shared by every entry of every tensor (a
+                step count's embedding, say). The network reads them as ``K`` more input
+                channels after ``C_in``; when its first layer is per-parameter they enter
+                through that layer's bias (:class:`ContextDense`) and are never broadcast.
+        """
         if self.kind not in _KINDS:
             raise ValueError(
                 f"unknown neural functional kind {self.kind!r}; expected one of {_KINDS}"
@@ -302,6 +357,13 @@ class NeuralFunctional(nn.Module):
         last = len(widths) - 1
         layer = 0
         spec = nfn_spec(self.spec) if self.kind == "nfn" else self.spec
+        if context is not None:
+            context = jnp.asarray(context)
+            if context.ndim != 1:
+                raise ValueError(f"context must be one vector (K,), got shape {context.shape}")
+            if not self.pointwise:
+                x = append_context(x, context)
+                context = None
         if self.equivariant:
             # stacked once, before the pointwise layers: they then produce the stacked
             # tensors directly, and no equivariant layer stacks or unstacks
@@ -309,7 +371,11 @@ class NeuralFunctional(nn.Module):
         if self.pointwise:
             matrix, from_matrix = to_matrix(x)
             for width in self.pointwise:
-                matrix = nn.Dense(width, use_bias=self.use_bias, name=f"pointwise_{layer}")(matrix)
+                name = f"pointwise_{layer}"
+                if layer == 0 and context is not None:
+                    matrix = ContextDense(width, use_bias=self.use_bias, name=name)(matrix, context)
+                else:
+                    matrix = nn.Dense(width, use_bias=self.use_bias, name=name)(matrix)
                 if layer < last:
                     matrix = self.activation(matrix)
                 layer += 1
