@@ -22,12 +22,12 @@ import lopt.cli.schema
 from lopt.checkpoint import Checkpointer
 from lopt.cli.common import RunError, build_parts, outer_optimizer, to_container
 from lopt.cli.export import main as export_main
-from lopt.cli.run_validation import tuned_step_size, with_step_size
 from lopt.cli.train import train
 from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
 from lopt.evaluation.validation import ValidationSettings
 from lopt.learned import load_optimizer
 from lopt.meta import default_outer_optimizer
+from lopt.run import tuned_step_size, with_step_size
 from lopt.tasks import EMBEDDED_TASKS, get_task
 
 CONFIGS = Path(lopt.cli.schema.__file__).parents[2] / "configs"

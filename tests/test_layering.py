@@ -37,9 +37,21 @@ ALLOWED: dict[str, set[str]] = {
     "lopt.zoo": {"lopt.loggers", "lopt.nf", "lopt.persistence", "lopt.tasks"},
     "lopt.predict": {"lopt.nf"},
     "lopt.bench": {"lopt.nf"},
+    # Meta-training runs in a directory, from typed settings: usable without the command line.
+    "lopt.run": {
+        "lopt.checkpoint",
+        "lopt.evaluation",
+        "lopt.learned",
+        "lopt.meta",
+        "lopt.tasks",
+        *FOUNDATIONS,
+    },
 }
 # The command-line tools sit on top of every other part, and nothing imports them.
 ALLOWED["lopt.cli"] = set(ALLOWED)
+
+COMMAND_LINE_ONLY = ("hydra",)
+"""Libraries of the command line that the run layer does without."""
 
 
 def module_name(path: Path) -> str:
@@ -129,6 +141,16 @@ def test_nothing_but_the_command_line_imports_it():
     assert [part for part, allowed in ALLOWED.items() if "lopt.cli" in allowed] == []
 
 
+def test_the_run_layer_does_without_the_command_line_libraries():
+    problems = [
+        f"{path.relative_to(ROOT)}:{line}: imports {imported}"
+        for path in sorted((ROOT / "lopt" / "run").rglob("*.py"))
+        for line, imported in imports(path.read_text(), module_name(path), path.stem == "__init__")
+        if imported.split(".")[0] in COMMAND_LINE_ONLY
+    ]
+    assert problems == [], "lopt.run imports the command line's libraries:\n" + "\n".join(problems)
+
+
 def test_scripts_import_only_lopt():
     local = {path.stem for path in SCRIPTS.glob("*.py")} | {"tasks", "tests", "scripts"}
     problems = [
@@ -148,6 +170,7 @@ def test_scripts_import_only_lopt():
         ("lopt/learned/base.py", "from lopt import cli\n", "lopt.cli"),
         ("tasks/registry.py", "from ..evaluation import stats\n", "lopt.evaluation"),
         ("lopt/persistence.py", "def f():\n    from lopt.nf import spec\n", "lopt.nf"),
+        ("lopt/run/training.py", "from lopt.cli.common import build_parts\n", "lopt.cli.common"),
     ],
 )
 def test_a_forbidden_import_is_found(file, source, found):

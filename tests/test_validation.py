@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lopt.cli.run_validation import fresh_run_state, keep_best
 from lopt.evaluation import runner, stats
 from lopt.evaluation.seeds import (
     EVAL_SEED_OFFSET,
@@ -32,6 +31,7 @@ from lopt.evaluation.validation import (
 from lopt.learned import make_optimizer
 from lopt.meta import MetaObjective, default_outer_optimizer, make_meta_trainer, pes
 from lopt.meta.population import make_unroller
+from lopt.run import fresh_run_state, keep_best
 from lopt.tasks import get_task
 
 

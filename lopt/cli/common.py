@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import hydra.utils
 import jax
@@ -16,25 +16,16 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from lopt.cli import rundir
-from lopt.meta import (
-    EpisodeSchedule,
-    Estimator,
-    MetaObjective,
-    as_objective,
-    constant_length,
-    log_uniform_length,
-)
+from lopt.meta import EpisodeSchedule, as_objective, constant_length, log_uniform_length
 from lopt.meta.outer import clip_by_global_norm, linear_warmup
 from lopt.persistence import config_differences as config_differences  # the tools import
 from lopt.persistence import write_json as write_json  # them from here
 from lopt.persistence import write_text as write_text
 from lopt.provenance import environment
+from lopt.run import RunError as RunError  # the tools import it from here
+from lopt.run import RunParts
 
 OUTER_OPTIMIZERS = ("adam", "adamw", "sgd")
-
-
-class RunError(Exception):
-    """A run cannot start or continue; the message says why and what to do."""
 
 
 def outer_optimizer(
@@ -177,26 +168,6 @@ def schedule_from(config: Mapping[str, Any]) -> EpisodeSchedule:
 def to_container(cfg: DictConfig) -> dict:
     """The resolved config as plain JSON-serialisable dicts (enums as strings)."""
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True, throw_on_missing=True)
-
-
-class RunParts(NamedTuple):
-    """What a training run is built from.
-
-    Attributes:
-        task: the inner task.
-        opt: the learned optimizer.
-        estimator: the meta-gradient estimator.
-        outer_opt: the optax optimizer of theta.
-        schedule: inner-episode lengths.
-        objective: the meta-objective.
-    """
-
-    task: Any
-    opt: Any
-    estimator: Estimator
-    outer_opt: optax.GradientTransformation
-    schedule: EpisodeSchedule
-    objective: MetaObjective
 
 
 def _build(section: str, config: Mapping[str, Any], /, **extra: Any) -> Any:

@@ -25,6 +25,7 @@ from lopt.checkpoint import Checkpointer, CheckpointError, leaf_infos, nested_di
 from lopt.cli.common import RunError, build_task
 from lopt.learned import load_learned_optimizer, optimizer_from_config, save_optimizer
 from lopt.learned.serialization import CONFIG_FILE, THETA_FILE, SavedOptimizerError
+from lopt.run import THETAS, theta_location
 
 
 def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int]:
@@ -41,9 +42,6 @@ def locate(path: str | Path, step: int | None = None) -> tuple[Checkpointer, int
         return checkpoint.locate(path, step)
     except CheckpointError as err:
         raise RunError(str(err)) from err
-
-
-THETAS = ("best", "last")
 
 
 def export(
@@ -81,9 +79,7 @@ def export(
         raise CheckpointError(
             f"checkpoint step {step} in {checkpoints.directory} has no run config"
         )
-    validated = saved["run"].get("validation", {}).get("every", 0) > 0
-    prefix = ".best_theta" if which == "best" and validated else ".meta.theta"
-    theta = nested_dict(leaves, leaf_infos(meta), prefix)
+    theta = nested_dict(leaves, leaf_infos(meta), theta_location(saved["run"], which))
     # The learned rules need the permutation spec of the task they were trained on.
     task = build_task(saved["run"]["task"])
     opt = optimizer_from_config(saved["optimizer"], task.spec)

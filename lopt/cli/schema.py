@@ -387,23 +387,6 @@ class TrainConfig:
     progress: bool = True
 
 
-RUN_CONTROL_KEYS = (
-    "name",
-    "devices",  # checked on resume by the mesh it gives (lopt.cli.train.check_same_topology)
-    "mesh_axis",
-    "distributed",  # its process count is checked on resume with the devices
-    "steps",
-    "log_every",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "resume",
-    "progress",
-    "logger",
-    "compilation_cache",
-)
-"""Top-level keys a resumed run may change: they do not affect the training trajectory."""
-
-
 def _pairs(population: Any) -> int:
     population = int(population)
     if population < 2 or population % 2:

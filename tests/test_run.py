@@ -1,0 +1,96 @@
+"""The run layer from Python, without the command line: settings, records, resume, the best
+theta's location in a checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from lopt.checkpoint import Checkpointer, leaf_infos, nested_dict
+from lopt.evaluation.validation import ValidationSettings
+from lopt.learned import load_optimizer, make_optimizer, read_theta
+from lopt.meta import MetaObjective, constant_length, default_outer_optimizer, pes
+from lopt.run import (
+    OPTIMIZER_DIR,
+    RunError,
+    RunParts,
+    RunSettings,
+    RunState,
+    run_record,
+    theta_location,
+    train,
+)
+from lopt.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def parts():
+    task = get_task("mlp_digits", width=8, batch_size=16)
+    return RunParts(
+        task=task,
+        opt=make_optimizer("sgdm", task.spec),
+        estimator=pes(2, 5, 0.01),
+        outer_opt=default_outer_optimizer(),
+        schedule=constant_length(10),
+        objective=MetaObjective(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"checkpoint_every": -1}, "checkpoint_every must be >= 0"),
+        ({"validate_every": -2}, "validation.every must be >= 0"),
+        ({"validate_every": 5}, "validation settings go with"),
+        ({"start_at_tuned": True}, "start_at_tuned needs validation"),
+    ],
+)
+def test_settings_refuse_what_cannot_run(options, message):
+    with pytest.raises(RunError, match=message):
+        RunSettings(**options)
+
+
+def test_a_derived_record_holds_every_setting_in_json_types():
+    validation = ValidationSettings(num_seeds=2, num_steps=10)
+    record = run_record(RunSettings(steps=3, validation=validation, validate_every=2))
+    assert record["steps"] == 3 and record["validation"]["every"] == 2
+    assert record["validation"]["adam_learning_rates"] == list(validation.adam_learning_rates)
+    assert json.loads(json.dumps(record)) == record
+    given = {"steps": 3, "anything": [1]}
+    assert run_record(RunSettings(steps=3, record=given)) == given
+
+
+def test_the_best_theta_location_names_a_field_of_the_run_state():
+    assert theta_location({"validation": {"every": 5}}) == f".{RunState._fields[1]}"
+    assert theta_location({"validation": {"every": 0}}) == ".meta.theta"
+    assert theta_location({"validation": {"every": 5}}, "last") == ".meta.theta"
+    with pytest.raises(ValueError, match="which theta"):
+        theta_location({}, "first")
+
+
+def test_train_from_python_writes_the_run_and_resumes_only_the_same_run(parts, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = RunSettings(name="py", steps=2, log_every=1, checkpoint_every=1, progress=False)
+    summary = train(settings, parts, run_dir)
+    assert summary["steps"] == 2 and summary["interrupted_by"] is None
+    assert json.loads((run_dir / "summary.json").read_text())["name"] == "py"
+    saved = read_theta(run_dir / OPTIMIZER_DIR)
+    with Checkpointer(run_dir / "checkpoints") as checkpoints:
+        leaves, meta = checkpoints.restore_leaves(2)
+    assert meta["config"]["run"] == run_record(settings)
+    last = nested_dict(leaves, leaf_infos(meta), theta_location(meta["config"]["run"]))
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(last), strict=True):
+        np.testing.assert_array_equal(a, b)
+    load_optimizer(run_dir / OPTIMIZER_DIR)
+
+    with pytest.raises(RunError, match="already holds checkpoints"):
+        train(settings, parts, run_dir)
+    other = RunSettings(name="py", steps=3, seed=1, resume=True, progress=False)
+    with pytest.raises(RunError, match="seed: 0 -> 1"):
+        train(other, parts, run_dir)
+    more = RunSettings(name="py", steps=3, log_every=1, resume=True, progress=False)
+    assert train(more, parts, run_dir)["resumed_from_step"] == 2
