@@ -1,7 +1,8 @@
 """Timing compiled JAX programs on a shared machine, as the benchmark scripts do.
 
 * :func:`compile_pair` compiles a network's forward and forward+backward pass and records
-  their compile time and XLA's FLOP estimate (:func:`xla_gflop`);
+  their compile time and XLA's FLOP estimate (:func:`xla_gflop`; :func:`xla_gbytes` reads
+  its bytes-accessed estimate);
 * :func:`measure` times several compiled candidates in alternating blocks of calls, so that
   load from other processes hits them alike;
 * :func:`parse_timing_args` adds ``--default-allocator`` to a script's options and, unless
@@ -29,17 +30,37 @@ import jax
 import jax.numpy as jnp
 
 
+def xla_cost_analysis(executable: Any) -> dict[str, float]:
+    """XLA's static cost analysis of a compiled executable (empty where there is none).
+
+    Older jax returns one dict per device program, some backends ``None`` or raise.
+    """
+    try:
+        analysis = executable.cost_analysis()
+    except (NotImplementedError, RuntimeError):
+        return {}
+    if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
+        analysis = analysis[0] if analysis else {}
+    return dict(analysis or {})
+
+
 def xla_gflop(executable: Any) -> float:
-    """XLA's static estimate of a compiled executable's work, in GFLOP.
+    """XLA's static estimate of a compiled executable's work, in GFLOP (NaN if none).
 
     Its bytes-accessed estimate is left out: it counts every operand of an instruction
     whole, so each of the layer's fusion boundaries (:func:`lopt.nf.xla_boundary.computed_once`,
     a ``cond`` whose predicate reads one entry) would count as a full pass over the tensor.
     """
-    analysis = executable.cost_analysis()
-    if isinstance(analysis, (list, tuple)):  # older jax: one dict per device program
-        analysis = analysis[0] if analysis else {}
-    return (analysis or {}).get("flops", math.nan) / 1e9
+    return xla_cost_analysis(executable).get("flops", math.nan) / 1e9
+
+
+def xla_gbytes(executable: Any) -> float:
+    """XLA's bytes-accessed estimate of a compiled executable, in GB (NaN if none).
+
+    An upper bound more than a measure for the :mod:`lopt.nf` networks (see
+    :func:`xla_gflop`): each fusion boundary counts its operands whole.
+    """
+    return xla_cost_analysis(executable).get("bytes accessed", math.nan) / 1e9
 
 
 def compile_pair(
@@ -73,14 +94,16 @@ def measure(
     Alternating blocks let machine load hit every candidate alike.
 
     Args:
-        candidates: name -> (compiled executables by pass, variables).
+        candidates: name -> (compiled executables by pass, variables); each executable is
+            called as ``fn(variables, x)``. Any pass names (``"fwd"``, ``"fwd+bwd"`` from
+            :func:`compile_pair`), and candidates may have different passes.
         x: the input.
         repeats: timed calls per candidate and pass.
 
     Returns:
-        name -> pass -> median seconds.
+        name -> ``"<pass> run"`` -> median seconds.
     """
-    times = {name: {"fwd": [], "fwd+bwd": []} for name in candidates}
+    times = {name: {which: [] for which in compiled} for name, (compiled, _) in candidates.items()}
     block = 5  # calls in a row, so one candidate's working set does not start each timing cold
     for _ in range(max(repeats // block, 1)):
         for name, (compiled, variables) in candidates.items():
