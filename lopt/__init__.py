@@ -6,6 +6,7 @@ The public API, re-exported from the subpackages:
 * :mod:`lopt.learned`: the learned update rule, baselines, optax export, save/load.
 * :mod:`lopt.meta`: populations of inner runs, PES / TBPTT / ES, the outer loop.
 * :mod:`lopt.tasks`: the inner tasks and automatic spec derivation for flax models.
+* :mod:`lopt.pretrained`: trained optimizers shipped with the package, with their cards.
 
 Using a trained optimizer in a plain optax loop::
 
@@ -14,8 +15,11 @@ Using a trained optimizer in a plain optax loop::
     opt_state = optimizer.init(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
+
+A shipped optimizer instead of one's own: ``lopt.pretrained.load("mlp_unf", spec)``.
 """
 
+from lopt import pretrained
 from lopt.learned import (
     as_optax,
     load_learned_optimizer,
@@ -40,6 +44,7 @@ __all__ = [
     "make_optimizer",
     "meta_train",
     "pes",
+    "pretrained",
     "save_optimizer",
     "tbptt",
 ]

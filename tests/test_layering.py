@@ -23,7 +23,7 @@ FOUNDATIONS = ("lopt.distributed", "lopt.loggers", "lopt.persistence", "lopt.pro
 
 ALLOWED: dict[str, set[str]] = {
     # Importing the package runs its __init__, which re-exports the public API.
-    "lopt": {"lopt.learned", "lopt.meta", "lopt.tasks"},
+    "lopt": {"lopt.learned", "lopt.meta", "lopt.pretrained", "lopt.tasks"},
     # Permutation specs and networks: the base everything builds on.
     "lopt.nf": set(),
     # Files, devices, logs and provenance: they import no other part.
@@ -37,6 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     "lopt.zoo": {"lopt.loggers", "lopt.nf", "lopt.persistence", "lopt.tasks"},
     "lopt.predict": {"lopt.nf"},
     "lopt.bench": {"lopt.nf"},
+    # Trained optimizers shipped with the package: loaded through the learned optimizers.
+    "lopt.pretrained": {"lopt.learned"},
     # Meta-training runs in a directory, from typed settings: usable without the command line.
     "lopt.run": {
         "lopt.checkpoint",
