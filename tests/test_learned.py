@@ -201,6 +201,42 @@ def test_without_time_input_the_rule_ignores_the_step_count():
         L.make_optimizer("unf", MLP_SPEC, time="relative")
 
 
+def test_fraction_features_match_the_formula_and_stay_in_range_past_the_run():
+    values = np.asarray(L.features.fraction_features(250, 1000))
+    scales = np.logspace(-2, 0, 11)
+    np.testing.assert_allclose(values, np.tanh(0.25 / scales - 1), rtol=1e-6)
+    past = L.features.fraction_features(5000, 1000)
+    np.testing.assert_array_equal(past, L.features.fraction_features(1000, 1000))
+
+
+def test_fraction_time_reads_the_fraction_of_the_run_done():
+    params = mlp_params()
+    opt = L.make_optimizer("unf", MLP_SPEC, time="fraction", beta=1.0)
+    theta = opt.init_meta(jax.random.key(0))
+    assert opt.needs_num_steps and not L.make_optimizer("unf", MLP_SPEC).needs_num_steps
+    with pytest.raises(ValueError, match="num_steps"):
+        opt.init(params)
+    grads = jax.grad(mlp_loss)(params, data(jax.random.key(1)))
+
+    def update_at(count, num_steps):
+        state = opt.init(params, num_steps=num_steps)._replace(count=jnp.asarray(count, jnp.int32))
+        return jax.jit(opt.update)(theta, grads, state, params)[0]
+
+    # The same fraction of a run twice as long: the same update.
+    assert_trees_close(update_at(100, 1000), update_at(200, 2000), rtol=0, atol=0)
+    assert not np.allclose(
+        update_at(100, 1000)["Dense_0"]["kernel"], update_at(100, 2000)["Dense_0"]["kernel"]
+    )
+    # Exported like a schedule: the run's length is given once.
+    with pytest.raises(ValueError, match="needs the run's length"):
+        L.as_optax(opt, theta)
+    optimizer = L.as_optax(opt, theta, num_steps=1000)
+    state = optimizer.init(params)
+    assert int(state.num_steps) == 1000
+    updates, _ = optimizer.update(grads, state, params)
+    assert_trees_close(updates, update_at(0, 1000), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("backbone", ["unf", "deepsets"])
 def test_normalized_output_is_a_unit_rms_term_per_tensor(backbone):
     params = mlp_params()

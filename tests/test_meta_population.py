@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from test_meta_problems import LearnedMomentum, QuadraticTask
 
+import lopt.learned as learned
 from lopt.meta import (
     MetaObjective,
     constant_length,
@@ -16,6 +17,7 @@ from lopt.meta import (
     schedule_from_config,
 )
 from lopt.meta.base import broadcast_theta
+from lopt.tasks import get_task
 
 
 def particle(population, i):
@@ -134,3 +136,12 @@ def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="groups of 2"):
         unroller.unroll(broadcast_theta(LearnedMomentum().init_meta(None), 3), population, 2, 2)
     assert jnp.all(population.length == 5)
+
+
+def test_an_optimizer_that_needs_the_run_length_is_given_each_episode_length():
+    task = get_task("mlp_digits")
+    opt = learned.make_optimizer("deepsets", task.spec, hidden=4, depth=1, time="fraction")
+    unroller = make_unroller(task, opt, log_uniform_length(10, 1000))
+    population = unroller.init_population(jax.random.PRNGKey(0), 6)
+    np.testing.assert_array_equal(population.opt_state.num_steps, population.length)
+    assert len(set(np.asarray(population.length).tolist())) > 1

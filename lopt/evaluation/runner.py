@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.meta.population import train_step
+from lopt.meta.protocols import init_state
 
 PyTree = Any
 
@@ -81,7 +82,7 @@ def make_run_fn(
         init_keys, data_keys, test_keys = split[:, 0], split[:, 1], split[:, 2]
         # A sequential map: batching the task's initialiser multiplies its compile time.
         params = jax.lax.map(task.init, init_keys)
-        states = jax.vmap(opt.init)(params)
+        states = jax.vmap(lambda p: init_state(opt, p, num_steps))(params)
 
         def one_step(theta, params, state, data_key, t):
             return train_step(task, opt, theta, params, state, jax.random.fold_in(data_key, t))

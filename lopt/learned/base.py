@@ -37,20 +37,26 @@ class LearnedOptimizer(NamedTuple):
         init_meta: ``init_meta(key, params=None) -> theta``, the initial meta-parameters.
             ``params`` (arrays or ``jax.ShapeDtypeStruct``) is needed only where the
             network's size depends on tensor shapes (axes a spec never permutes).
-        init: ``init(params) -> state``, the inner optimizer state (a NamedTuple).
+        init: ``init(params, num_steps=None) -> state``, the inner optimizer state (a
+            NamedTuple); ``num_steps`` is the run's length, required where
+            ``needs_num_steps`` (a rule that reads the fraction of the run done).
         update: ``update(theta, grads, state, params, loss=None) -> (updates, state)``;
             add the updates with ``optax.apply_updates``.
         config: JSON-serialisable ``{"name": ..., **hyperparameters}``; together with a
             spec it rebuilds the optimizer (:func:`lopt.learned.optimizer_from_config`).
         spec: the permutation spec the optimizer was built for, where its meta-parameters
             depend on the weight space's structure (the learned rules); ``None`` otherwise.
+        needs_num_steps: whether ``init`` must be told the run's length (``num_steps``);
+            meta-training then passes each inner run's episode length, and an optax export
+            takes it once, like a schedule's.
     """
 
     init_meta: Callable[..., PyTree]
-    init: Callable[[PyTree], Any]
+    init: Callable[..., Any]
     update: Callable[..., tuple[PyTree, Any]]
     config: dict
     spec: Any = None
+    needs_num_steps: bool = False
 
 
 def log_positive(value: float, name: str) -> jax.Array:

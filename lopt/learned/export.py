@@ -25,24 +25,41 @@ from lopt.persistence import check_theta
 PyTree = Any
 
 
-def as_optax(opt: LearnedOptimizer, theta: PyTree) -> optax.GradientTransformationExtraArgs:
+def as_optax(
+    opt: LearnedOptimizer, theta: PyTree, num_steps: int | None = None
+) -> optax.GradientTransformationExtraArgs:
     """Wraps ``opt`` with meta-parameters ``theta`` as an optax transformation.
 
     Args:
         opt: a learned optimizer (built for the spec of the params it will see).
         theta: its meta-parameters.
+        num_steps: the length of the run it will take, in updates, as a schedule is given
+            one. Required by a rule that reads the fraction of the run done
+            (``opt.needs_num_steps``); ignored by the others.
 
     Returns:
         ``optax.GradientTransformationExtraArgs`` whose ``init(params)`` validates the
         params against the spec and ``theta`` against the optimizer, and whose
         ``update(grads, state, params, value=None)`` requires ``params``.
+
+    Raises:
+        ValueError: the rule needs ``num_steps`` and it is missing or not a positive integer.
     """
     theta = jax.tree_util.tree_map(jnp.asarray, theta)
     name = opt.config.get("name", "learned")
+    if opt.needs_num_steps and not (
+        isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps > 0
+    ):
+        raise ValueError(
+            f"the {name!r} optimizer reads the fraction of the run done, so it needs the run's "
+            f"length: pass num_steps=<updates the run will take> (a positive int), got "
+            f"{num_steps!r}"
+        )
+    run = {"num_steps": num_steps} if opt.needs_num_steps else {}
 
     def init_fn(params: PyTree) -> Any:
         check_theta(opt, theta, params)
-        return opt.init(params)
+        return opt.init(params, **run)
 
     def update_fn(
         updates: PyTree,

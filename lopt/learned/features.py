@@ -13,6 +13,11 @@ channels              count     content
                                 value at every entry
 ====================  ========  ==============================================================
 
+The last 11 channels depend on the rule's time input (:data:`TIME_INPUTS`): the absolute step
+count above (the UNF paper's), the fraction of the run done ``f = t / T`` of a run of ``T``
+steps, as ``tanh(f / s − 1)`` for s in :data:`FRACTION_SCALES` (:func:`fraction_features`),
+or none at all.
+
 The eight per-entry channels are each *clipped* to ``[-clip, clip]`` (default
 :data:`DEFAULT_CLIP` ``= 1``, the value the UNF paper's code uses) and then divided by
 their root mean square over the whole tensor. The clip bounds the influence of outliers
@@ -51,17 +56,22 @@ NUM_ENTRY_FEATURES = 2 + len(FEATURE_DECAYS)
 NUM_TIME_FEATURES = len(TIMESCALES)
 NUM_FEATURES = NUM_ENTRY_FEATURES + NUM_TIME_FEATURES
 
-TIME_INPUTS = ("absolute", "none")
+FRACTION_SCALES: tuple[float, ...] = tuple(float(s) for s in np.logspace(-2.0, 0.0, 11))
+"""Scales s of the fraction-of-run features: 11 values log-spaced from 0.01 to 1."""
+
+TIME_INPUTS = ("absolute", "none", "fraction")
 """What the network learns of the step count: ``absolute`` (the 11 :func:`time_features`, the
-UNF paper's) or ``none`` (no time input: the rule is the same function at every step, so a
-run longer than meta-training's horizon feeds it nothing it has not seen)."""
+UNF paper's), ``none`` (no time input: the rule is the same function at every step, so a
+run longer than meta-training's horizon feeds it nothing it has not seen) or ``fraction``
+(the 11 :func:`fraction_features` of the fraction of the run done: the rule is told the
+run's length, like a schedule, and a longer run stretches what it learned)."""
 
 
 def num_features(time: str = "absolute") -> int:
     """Input channels of the update network for a :data:`TIME_INPUTS` choice."""
     if time not in TIME_INPUTS:
         raise ValueError(f"time must be one of {TIME_INPUTS}, got {time!r}")
-    return NUM_FEATURES if time == "absolute" else NUM_ENTRY_FEATURES
+    return NUM_ENTRY_FEATURES if time == "none" else NUM_FEATURES
 
 
 def time_features(step: jax.Array | int) -> jax.Array:
@@ -75,6 +85,22 @@ def time_features(step: jax.Array | int) -> jax.Array:
     """
     t = jnp.asarray(step, jnp.float32)
     return jnp.tanh(t / jnp.asarray(TIMESCALES, jnp.float32) - 1.0)
+
+
+def fraction_features(step: jax.Array | int, num_steps: jax.Array | int) -> jax.Array:
+    """The embedding ``tanh(f / s − 1)`` of the fraction of the run done, ``f = step /
+    num_steps`` clipped to ``[0, 1]``, for every s in :data:`FRACTION_SCALES`.
+
+    Args:
+        step: the number of updates applied so far, scalar.
+        num_steps: the run's length in updates, scalar (positive).
+
+    Returns:
+        ``(11,)`` float32.
+    """
+    done = jnp.asarray(step, jnp.float32) / jnp.maximum(jnp.asarray(num_steps, jnp.float32), 1)
+    done = jnp.clip(done, 0.0, 1.0)
+    return jnp.tanh(done / jnp.asarray(FRACTION_SCALES, jnp.float32) - 1.0)
 
 
 def init_feature_momenta(params: PyTree, num_decays: int = len(FEATURE_DECAYS)) -> PyTree:

@@ -24,6 +24,9 @@ the paper's rule):
 * ``time="none"`` feeds the network no step count (8 channels instead of 19), so it is the
   same function at every step of a run of any length (Celo2 takes its schedule from outside
   the same way).
+* ``time="fraction"`` feeds it the fraction of the run done instead of the step count
+  (Celo's choice): ``init`` then takes the run's length, ``num_steps``, as a schedule does,
+  and a run twice as long sees the same inputs at the same fraction.
 * ``normalize_output=True`` divides ``f`` per tensor by its root mean square, so the learned
   term is ``β`` times a unit-RMS direction on every tensor, whatever the network outputs
   (Celo2's normalisation); an all-zero ``f`` (the ``zero_output`` start) stays zero.
@@ -98,12 +101,14 @@ class NFOptState(NamedTuple):
         momentum: ``m`` (accumulated with the learned ``γ0``), one tensor per parameter.
         feature_momenta: the EMA momenta fed to the network, ``(*shape, 6)`` per parameter.
         second_moment: the ``adam`` base's EMA of squared gradients (``None`` for ``sgdm``).
+        num_steps: int32 scalar, the run's length, for ``time="fraction"`` (else ``None``).
     """
 
     count: jax.Array
     momentum: PyTree
     feature_momenta: PyTree
     second_moment: PyTree = None
+    num_steps: jax.Array | None = None
 
 
 def build_network(backbone: str, spec: nfspec.Spec, hidden: int, depth: int) -> NeuralFunctional:
@@ -324,11 +329,20 @@ def make_nf_optimizer(
             network_params = zero_last_layer(network_params)
         return {**initial, "network": network_params}
 
-    def init(params: PyTree) -> NFOptState:
+    def init(params: PyTree, num_steps: jax.Array | int | None = None) -> NFOptState:
         validate_params(spec, params)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         second = zeros if base == "adam" else None
-        return NFOptState(zero_count(), zeros, feats.init_feature_momenta(params), second)
+        length = None
+        if time == "fraction":
+            if num_steps is None:
+                raise ValueError(
+                    f"the {backbone!r} rule with time='fraction' reads the fraction of the run "
+                    "done: pass init(params, num_steps=...) with the run's length"
+                )
+            length = jnp.asarray(num_steps, jnp.int32)
+        momenta = feats.init_feature_momenta(params)
+        return NFOptState(zero_count(), zeros, momenta, second, length)
 
     def update(
         theta: PyTree,
@@ -346,14 +360,19 @@ def make_nf_optimizer(
         inputs = feats.entry_features(params, grads, feature_momenta, clip)
         # The time channels are one vector shared by every entry: the network takes them as
         # context (through its first layer's bias) instead of as 11 broadcast channels.
-        context = feats.time_features(state.count) if time == "absolute" else None
+        context = None
+        if time == "absolute":
+            context = feats.time_features(state.count)
+        elif time == "fraction":
+            context = feats.fraction_features(state.count, state.num_steps)
         outputs = network.apply({"params": theta["network"]}, inputs, context)
         if normalize_output:
             outputs = normalize_per_tensor(outputs)
         updates = jax.tree_util.tree_map(
             lambda d, f: (-alpha * (d + beta * f[..., 0])).astype(d.dtype), direction, outputs
         )
-        return updates, NFOptState(state.count + 1, momentum, feature_momenta, second)
+        new_state = NFOptState(state.count + 1, momentum, feature_momenta, second, state.num_steps)
+        return updates, new_state
 
     config = {
         "name": backbone,
@@ -370,4 +389,11 @@ def make_nf_optimizer(
         "time": time,
         "normalize_output": bool(normalize_output),
     }
-    return LearnedOptimizer(init_meta=init_meta, init=init, update=update, config=config, spec=spec)
+    return LearnedOptimizer(
+        init_meta=init_meta,
+        init=init,
+        update=update,
+        config=config,
+        spec=spec,
+        needs_num_steps=time == "fraction",
+    )

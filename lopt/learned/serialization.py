@@ -333,16 +333,17 @@ def _check_tree_order(
 
 
 def load_optimizer(
-    path: str | os.PathLike, spec: nfspec.Spec | None = None
+    path: str | os.PathLike, spec: nfspec.Spec | None = None, num_steps: int | None = None
 ) -> optax.GradientTransformationExtraArgs:
     """Loads a saved optimizer as an optax transformation for params with ``spec``.
 
-    See :func:`lopt.learned.as_optax` for the transformation's behaviour. For a file before
-    :data:`WEIGHT_SPACE_VERSION`, ``init`` refuses params ``theta`` does not fit with
-    :class:`SavedOptimizerError`, saying why such a file may not fit.
+    See :func:`lopt.learned.as_optax` for the transformation's behaviour and ``num_steps``
+    (the run's length, needed by a rule that reads the fraction of the run done). For a
+    file before :data:`WEIGHT_SPACE_VERSION`, ``init`` refuses params ``theta`` does not
+    fit with :class:`SavedOptimizerError`, saying why such a file may not fit.
     """
     opt, theta = load_learned_optimizer(path, spec)
-    optimizer = as_optax(opt, theta)
+    optimizer = as_optax(opt, theta, num_steps)
     if spec is None or read_weight_space(path) is not None:
         return optimizer
 

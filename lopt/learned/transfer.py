@@ -63,16 +63,16 @@ def with_leaf_order(
         check(params)
         return opt.init_meta(key, to_trained(params))
 
-    def init(params: PyTree) -> Any:
+    def init(params: PyTree, **run: Any) -> Any:
         check(params)
-        return opt.init(to_trained(params))
+        return opt.init(to_trained(params), **run)
 
     def update(theta, grads, state, params=None, loss=None):
         trained_params = None if params is None else to_trained(params)
         updates, state = opt.update(theta, to_trained(grads), state, trained_params, loss=loss)
         return to_model(updates, grads), state
 
-    return LearnedOptimizer(init_meta, init, update, opt.config, opt.spec)
+    return LearnedOptimizer(init_meta, init, update, opt.config, opt.spec, opt.needs_num_steps)
 
 
 def for_model(config: dict, space: dict, spec: nfspec.Spec, **extra: Any) -> LearnedOptimizer:

@@ -19,7 +19,12 @@ from lopt.meta.population import (
     make_unroller,
     train_step,
 )
-from lopt.meta.protocols import LearnedOptimizerLike, TaskLike, WeightSpaceOptimizerLike
+from lopt.meta.protocols import (
+    LearnedOptimizerLike,
+    TaskLike,
+    WeightSpaceOptimizerLike,
+    init_state,
+)
 from lopt.meta.ravel import FlatTheta, ravel_theta
 from lopt.meta.schedules import (
     EpisodeSchedule,
@@ -61,6 +66,7 @@ __all__ = [
     "constant_length",
     "default_outer_optimizer",
     "full_es",
+    "init_state",
     "interval_means",
     "last_step_metrics",
     "linear_warmup",

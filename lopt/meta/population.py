@@ -36,6 +36,7 @@ from lopt.meta.protocols import (
     LearnedOptimizerLike,
     TaskLike,
     check_methods,
+    init_state,
 )
 from lopt.meta.schedules import EpisodeSchedule, as_schedule
 from lopt.meta.tree_utils import tree_select
@@ -200,11 +201,12 @@ def _episode_starter(
     def fresh_particle(key: jax.Array) -> ParticleState:
         key, init_key, data_key, length_key = jax.random.split(raw_key(key), 4)
         params = task.init(init_key)
+        length = jnp.asarray(schedule.sample(length_key), jnp.int32)
         return ParticleState(
             params=params,
-            opt_state=opt.init(params),
+            opt_state=init_state(opt, params, length),
             step=jnp.zeros((), jnp.int32),
-            length=jnp.asarray(schedule.sample(length_key), jnp.int32),
+            length=length,
             data_key=data_key,
             key=key,
         )

@@ -39,7 +39,8 @@ class LearnedOptimizerLike(Protocol):
         ...
 
     def init(self, params: PyTree) -> PyTree:
-        """Inner optimizer state for ``params``."""
+        """Inner optimizer state for ``params``. An optimizer whose ``needs_num_steps``
+        attribute is true takes the run's length too: ``init(params, num_steps=...)``."""
         ...
 
     def update(
@@ -88,3 +89,23 @@ def initial_theta(opt: LearnedOptimizerLike, task: TaskLike, key: jax.Array) -> 
     if getattr(opt, "spec", None) is not None:
         return opt.init_meta(key, params=jax.eval_shape(task.init, key))
     return opt.init_meta(key)
+
+
+def init_state(opt: LearnedOptimizerLike, params: PyTree, num_steps: Any = None) -> PyTree:
+    """``opt``'s state for ``params`` at the start of a run of ``num_steps`` steps.
+
+    The run's length is passed only to an optimizer whose ``needs_num_steps`` attribute is
+    true (one that reads the fraction of the run done); others get ``params`` alone.
+
+    Raises:
+        ValueError: the optimizer needs the run's length and ``num_steps`` is None.
+    """
+    if not getattr(opt, "needs_num_steps", False):
+        return opt.init(params)
+    if num_steps is None:
+        name = getattr(opt, "config", {}).get("name", "learned")
+        raise ValueError(
+            f"the {name!r} optimizer reads the fraction of the run done, so it needs the "
+            "run's length: pass num_steps"
+        )
+    return opt.init(params, num_steps=num_steps)

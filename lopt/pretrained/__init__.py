@@ -188,7 +188,7 @@ def load(
     _check_num_steps(name, read_config(directory), meta, num_steps)
     where = f"pretrained optimizer {name!r} (meta-trained on {trained_on(meta)})"
     try:
-        optimizer = load_optimizer(directory, spec=spec)
+        optimizer = load_optimizer(directory, spec=spec, num_steps=num_steps)
     except ValueError as err:
         raise ValueError(f"{where} does not fit this model: {err}") from err
     init = optimizer.init
