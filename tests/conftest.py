@@ -2,8 +2,9 @@
 
 JAX's persistent compilation cache: one directory per test run, shared by the xdist workers,
 the in-process command-line runs and their subprocesses (through ``JAX_COMPILATION_CACHE_DIR``),
-so a program that several tests build identically compiles once. The tests never touch the
-user's own cache (``~/.cache/lopt/jax``). ``LOPT_TEST_JAX_CACHE=DIR`` keeps one directory
+so a program that several tests build identically compiles once; validation's shared
+reference Adams go in its ``references/`` folder. The tests never touch the user's own
+caches (``~/.cache/lopt``). ``LOPT_TEST_JAX_CACHE=DIR`` keeps one directory
 across runs instead, which makes a repeated run faster.
 """
 
@@ -37,6 +38,8 @@ def pytest_configure(config):
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # Validation's shared reference Adams: per test run too, never the user's own.
+    os.environ["LOPT_REFERENCE_CACHE_DIR"] = str(directory / "references")
 
 
 def pytest_unconfigure(config):

@@ -15,6 +15,7 @@ from lopt.learned import load_optimizer, make_optimizer, read_theta
 from lopt.meta import MetaObjective, constant_length, default_outer_optimizer, pes
 from lopt.run import (
     OPTIMIZER_DIR,
+    REFERENCE_FILE,
     RunError,
     RunParts,
     RunSettings,
@@ -23,6 +24,7 @@ from lopt.run import (
     theta_location,
     train,
 )
+from lopt.run import reference as run_reference
 from lopt.tasks import get_task
 
 
@@ -94,3 +96,34 @@ def test_train_from_python_writes_the_run_and_resumes_only_the_same_run(parts, t
         train(other, parts, run_dir)
     more = RunSettings(name="py", steps=3, log_every=1, resume=True, progress=False)
     assert train(more, parts, run_dir)["resumed_from_step"] == 2
+
+
+def test_runs_of_one_task_share_the_tuned_reference_adam(parts, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(run_reference, "source_commit", lambda: "0123456789ab")
+    validation = ValidationSettings(num_seeds=2, num_steps=10, adam_learning_rates=(1e-2, 1e-1))
+    cache = tmp_path / "cache"
+
+    def run(name, opt):
+        settings = RunSettings(
+            name=name,
+            steps=1,
+            validation=validation,
+            validate_every=1,
+            progress=False,
+            reference_cache=cache,
+        )
+        train(settings, parts._replace(opt=opt), tmp_path / name)
+        return json.loads((tmp_path / name / REFERENCE_FILE).read_text())
+
+    with caplog.at_level("INFO", logger="lopt.train"):
+        first = run("sgdm", parts.opt)
+        assert len(list(cache.glob("*.json"))) == 1
+        assert "tuned by an earlier run" not in caplog.text
+        second = run("adam", make_optimizer("adam", parts.task.spec))
+    assert "tuned by an earlier run" in caplog.text
+    for key in ("adam", "adam_learning_rate", "adam_grid", "adam_grid_scores"):
+        assert second[key] == first[key]
+    assert second["theta0"] != first["theta0"]  # each run scores its own theta0
+    # Code with uncommitted changes shares nothing: its results need not match a commit's.
+    monkeypatch.setattr(run_reference, "source_commit", lambda: "0123456789ab+")
+    assert run_reference.adam_cache_key(parts.task, validation) is None

@@ -107,6 +107,19 @@ def enable_compilation_cache(options: Mapping[str, Any]) -> Path | None:
     return path
 
 
+DEFAULT_REFERENCE_CACHE_DIR = "~/.cache/lopt/references"
+REFERENCE_CACHE_ENV = "LOPT_REFERENCE_CACHE_DIR"
+
+
+def reference_cache_dir(options: Mapping[str, Any]) -> Path | None:
+    """The directory of shared reference Adams as ``{"enabled", "dir"}`` says (None: off);
+    ``dir: null`` is ``$LOPT_REFERENCE_CACHE_DIR`` if set, else ``~/.cache/lopt/references``."""
+    if not options.get("enabled", True):
+        return None
+    directory = options.get("dir") or os.environ.get(REFERENCE_CACHE_ENV)
+    return Path(directory or DEFAULT_REFERENCE_CACHE_DIR).expanduser()
+
+
 def run_in_output_dir(
     tool: str,
     run: Callable[[DictConfig, Path], Any],

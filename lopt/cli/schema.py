@@ -301,6 +301,16 @@ class CompilationCacheConfig:
 
 
 @dataclass
+class ReferenceCacheConfig:
+    """Validation's tuned reference Adam shared between runs of the same task, validation
+    settings and committed code (the optimizers of one task, a sweep): ``dir: null`` means
+    ``$LOPT_REFERENCE_CACHE_DIR`` if set, else ``~/.cache/lopt/references``."""
+
+    enabled: bool = True
+    dir: str | None = None
+
+
+@dataclass
 class DistributedConfig:
     """How a process joins a multi-process run (:func:`lopt.distributed.settings_from`):
     null entries come from ``$JAX_COORDINATOR_ADDRESS``, ``$JAX_NUM_PROCESSES`` and
@@ -339,6 +349,7 @@ class TrainConfig:
         recipe: the learned rules' initial base, step size, scale, momentum and last layer
             (set by the ``recipe`` group: ``tuned``, the default, or ``paper``).
         compilation_cache: JAX's persistent compilation cache (on by default).
+        reference_cache: the validation's shared tuned reference Adams (on by default).
         devices: devices the particle groups are split over: a count, or ``"all"`` (of all
             processes).
         mesh_axis: the name of the mesh axis they are split along.
@@ -370,6 +381,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     compilation_cache: CompilationCacheConfig = field(default_factory=CompilationCacheConfig)
+    reference_cache: ReferenceCacheConfig = field(default_factory=ReferenceCacheConfig)
     start_at_tuned: bool = False
     devices: Any = 1  # a count, or "all"
     mesh_axis: str = "particles"

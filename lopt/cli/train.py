@@ -36,6 +36,7 @@ from lopt.cli.common import (
     build_logger,
     build_parts,
     enable_compilation_cache,
+    reference_cache_dir,
     to_container,
 )
 from lopt.distributed import initialize, is_main_process, settings_from
@@ -88,6 +89,7 @@ def run_settings(config: dict) -> run.RunSettings:
         **{key: config[key] for key in keys},
         validation=validation_settings(config),
         validate_every=config["validation"]["every"],
+        reference_cache=reference_cache_dir(config.get("reference_cache", {})),
         record=config,
     )
 

@@ -30,6 +30,7 @@ RUN_CONTROL_KEYS = (
     "progress",
     "logger",
     "compilation_cache",
+    "reference_cache",
 )
 """Top-level keys of a record a resumed run may change: they do not affect the trajectory."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import optax
@@ -69,6 +70,9 @@ class RunSettings:
             None).
         start_at_tuned: start theta's step size at its base optimizer's learning rate tuned
             on the validation runs (needs validation).
+        reference_cache: directory where the validation's tuned reference Adam is shared
+            between runs of the same task, settings and committed code (None: each run
+            tunes its own).
         record: the run's record (None: :func:`run_record` derives it from the settings).
 
     Raises:
@@ -90,6 +94,7 @@ class RunSettings:
     validation: ValidationSettings | None = None
     validate_every: int = 0
     start_at_tuned: bool = False
+    reference_cache: Path | None = None
     record: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -124,7 +129,7 @@ def run_record(settings: RunSettings) -> dict[str, Any]:
     fields = {
         field.name: getattr(settings, field.name)
         for field in dataclasses.fields(settings)
-        if field.name not in ("record", "validation", "validate_every")
+        if field.name not in ("record", "validation", "validate_every", "reference_cache")
     }
     validation = {} if settings.validation is None else dataclasses.asdict(settings.validation)
     fields["validation"] = {"every": settings.validate_every, **validation}

@@ -29,7 +29,14 @@ from lopt.evaluation.validation import (
     reference_scores,
 )
 from lopt.meta import MetaTrainer
-from lopt.run.reference import StoredReference, read_reference, write_reference
+from lopt.run.reference import (
+    StoredReference,
+    adam_cache_key,
+    read_cached_adam,
+    read_reference,
+    write_cached_adam,
+    write_reference,
+)
 from lopt.run.settings import RunParts, RunSettings
 from lopt.run.state import RunState, fresh_run_state
 from lopt.run.tuning import tuned_step_size, with_step_size
@@ -69,12 +76,15 @@ def prepare_validation(
     start_at_tuned: bool,
     initial_theta: Callable[[], Any],
     write: bool = True,
+    cache_dir: Path | None = None,
 ) -> tuple[Validation, Any]:
     """The run's validator and its reference levels.
 
     The levels are read from the run directory when an earlier process of this run
     computed them, else computed (a learning-rate sweep of Adam and the initial theta's
-    validation) and written there.
+    validation) and written there. With ``cache_dir``, the tuned Adam is taken from an
+    earlier run of the same task, settings and committed code when one cached it there
+    (:func:`lopt.run.reference.adam_cache_key`), and cached there otherwise.
 
     Args:
         parts: what the run trains.
@@ -85,6 +95,7 @@ def prepare_validation(
         initial_theta: returns the initial theta as the optimizer makes it (called once).
         write: write the reference levels once computed (false on every process of a
             multi-process run but the first: they compute the same levels).
+        cache_dir: the directory of cached reference Adams (None: no cache).
 
     Returns:
         The validation and the initial theta (with ``start_at_tuned``, its step size is the
@@ -97,12 +108,7 @@ def prepare_validation(
         if stored.tuned:
             theta0 = with_step_size(theta0, stored.tuned["learning_rate"])
         return Validation(every, validate, stored.reference, settings.metric), theta0
-    log.info(
-        "validation: tuning the reference Adam and scoring theta0 (%d seeds, %d inner steps)",
-        settings.num_seeds,
-        settings.num_steps,
-    )
-    reference = reference_scores(parts.task, None, None, settings)
+    reference = cached_or_tuned_adam(parts.task, settings, cache_dir, write)
     tuned = None
     if start_at_tuned:
         baseline, rate = tuned_step_size(parts, settings, reference)
@@ -123,6 +129,32 @@ def prepare_validation(
     )
     warn_if_theta0_diverges(reference, parts)
     return Validation(every, validate, reference, settings.metric), theta0
+
+
+def cached_or_tuned_adam(
+    task: Any, settings: ValidationSettings, cache_dir: Path | None, write: bool
+) -> Reference:
+    """The reference Adam (theta0's scores left None): from the cache when an earlier run
+    of the same task, settings and committed code put it there, else tuned (and cached)."""
+    key = None if cache_dir is None else adam_cache_key(task, settings)
+    cached = None if key is None else read_cached_adam(cache_dir, key)
+    if cached is not None:
+        log.info("validation: the reference Adam tuned by an earlier run (%s)", cached[1])
+        log.info(
+            "validation: scoring theta0 (%d seeds, %d inner steps)",
+            settings.num_seeds,
+            settings.num_steps,
+        )
+        return cached[0]
+    log.info(
+        "validation: tuning the reference Adam and scoring theta0 (%d seeds, %d inner steps)",
+        settings.num_seeds,
+        settings.num_steps,
+    )
+    reference = reference_scores(task, None, None, settings)
+    if key is not None and write:
+        write_cached_adam(cache_dir, key, reference)
+    return reference
 
 
 def warn_if_theta0_diverges(reference: Reference, parts: RunParts) -> None:
@@ -174,6 +206,7 @@ def start_validation(
         settings.start_at_tuned,
         lambda: to_host(initial()),
         write=is_main_process(),
+        cache_dir=settings.reference_cache,
     )
     if not resumed:
         if settings.start_at_tuned:
