@@ -93,6 +93,18 @@ def sha256(source: bytes | str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def nest(flat: Mapping[str, Any], separator: str = "/") -> dict[str, Any]:
+    """Nested dicts from a flat ``{"a/b/c": leaf}`` mapping (keys split at ``separator``)."""
+    tree: dict[str, Any] = {}
+    for name, leaf in flat.items():
+        *parents, last = name.split(separator)
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = leaf
+    return tree
+
+
 def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two nested configs, as ``key: old -> new``."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):

@@ -35,7 +35,7 @@ ALLOWED: dict[str, set[str]] = {
     "lopt.meta": {"lopt.distributed"},
     "lopt.evaluation": {"lopt.learned", "lopt.meta", "lopt.provenance"},
     "lopt.zoo": {"lopt.loggers", "lopt.nf", "lopt.persistence", "lopt.tasks"},
-    "lopt.predict": {"lopt.nf"},
+    "lopt.predict": {"lopt.nf", "lopt.persistence"},
     "lopt.bench": {"lopt.nf"},
     # Trained optimizers shipped with the package: loaded through the learned optimizers.
     "lopt.pretrained": {"lopt.learned"},

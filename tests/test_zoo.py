@@ -1,7 +1,10 @@
-"""Zoo generation and the on-disk zoo format."""
+"""Zoo generation, the on-disk zoo format, and importing an outside zoo."""
 
 from __future__ import annotations
 
+import csv
+import gzip
+import io
 import json
 
 import jax
@@ -18,6 +21,7 @@ from lopt.zoo import (
     decode_spec,
     encode_spec,
     generate_zoo,
+    import_array_zoo,
     load_zoo,
     make_problem,
     make_zoo_trainer,
@@ -197,3 +201,108 @@ def test_bad_ranges_are_refused():
         make_problem("mlp_cifar")
     with pytest.raises(ValueError, match="chunk_size must be positive"):
         ZooSettings(chunk_size=0)
+
+
+# tensor name, shape, first column: the bias of the conv layer lies after the dense layer
+TINY_LAYOUT = [
+    ("Conv_0/kernel", (3, 3, 1, 3), 0),
+    ("Dense_0/kernel", (3, 10), 27),
+    ("Dense_0/bias", (10,), 57),
+    ("Conv_0/bias", (3,), 67),
+]
+
+
+def _write_array_zoo(directory, count=5, *, gz=False, layout=TINY_LAYOUT):
+    """A zoo in the Small CNN Zoo's layout: weights.npy, layout.csv, metrics.csv."""
+    directory.mkdir()
+    rng = np.random.default_rng(0)
+    weights = rng.normal(size=(count, 70)).astype(np.float32)
+    np.save(directory / "weights.npy", weights)
+    with open(directory / "layout.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["varname", "start_idx", "end_idx", "size", "shape"])
+        for name, shape, start in layout:
+            size = int(np.prod(shape))
+            writer.writerow([name, start, start + size, size, str(shape)])
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["config.learning_rate", "config.optimizer", "test_accuracy", "modeldir"])
+    for i in range(count):
+        writer.writerow([10.0**-i, "adam", "" if i == 3 else 0.1 * i, f"run/{i}"])
+    name = "metrics.csv.gz" if gz else "metrics.csv"
+    data = text.getvalue().encode()
+    (directory / name).write_bytes(gzip.compress(data) if gz else data)
+    return weights
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_array_zoo_is_imported(tmp_path, tiny_problem, gz):
+    weights = _write_array_zoo(tmp_path / "outside", gz=gz)
+    summary = import_array_zoo(
+        tmp_path / "outside", tmp_path / "zoo", tiny_problem.spec, rows=[4, 0, 3], shard_size=2
+    )
+    assert summary["networks"] == 3 and summary["hyperparameters"] == ["learning_rate"]
+    assert summary["skipped_columns"] == ["config.optimizer", "modeldir"]
+    zoo = load_zoo(tmp_path / "zoo")
+    assert zoo.spec == tiny_problem.spec and len(zoo.manifest["shards"]) == 2
+    np.testing.assert_array_equal(
+        zoo.params["Conv_0"]["kernel"], weights[[4, 0, 3], :27].reshape(3, 3, 3, 1, 3)
+    )
+    np.testing.assert_array_equal(zoo.params["Conv_0"]["bias"], weights[[4, 0, 3], 67:70])
+    np.testing.assert_array_equal(zoo.params["Dense_0"]["bias"], weights[[4, 0, 3], 57:67])
+    np.testing.assert_allclose(zoo.hyperparameters["learning_rate"], [1e-4, 1.0, 1e-3])
+    np.testing.assert_allclose(zoo.metrics["test_accuracy"], [0.4, 0.0, np.nan])
+    # importing again changes nothing; other rows into the same zoo are refused
+    again = dict(rows=[4, 0, 3], shard_size=2)
+    assert (
+        import_array_zoo(tmp_path / "outside", tmp_path / "zoo", tiny_problem.spec, **again)[
+            "networks"
+        ]
+        == 3
+    )
+    with pytest.raises(ZooFormatError, match="other settings"):
+        import_array_zoo(tmp_path / "outside", tmp_path / "zoo", tiny_problem.spec)
+
+
+def test_array_zoo_of_another_layout_is_refused(tmp_path, tiny_problem):
+    bad = [("Conv_0/kernel", (3, 3, 1, 3), 0), ("Conv_0/bias", (3,), 26)]  # overlap
+    _write_array_zoo(tmp_path / "overlap", layout=bad)
+    with pytest.raises(ZooFormatError, match="Conv_0/kernel and Conv_0/bias overlap"):
+        import_array_zoo(tmp_path / "overlap", tmp_path / "z1", tiny_problem.spec)
+    _write_array_zoo(tmp_path / "short", layout=TINY_LAYOUT)
+    (tmp_path / "short" / "layout.csv").write_text(
+        'varname,start_idx,end_idx,shape\nConv_0/kernel,0,27,"(3, 3, 2)"\n'
+    )
+    with pytest.raises(
+        ZooFormatError,
+        match=r"layout.csv:2: slice 0:27 holds 27 values, shape \(3, 3, 2\) needs 18",
+    ):
+        import_array_zoo(tmp_path / "short", tmp_path / "z2", tiny_problem.spec)
+    _write_array_zoo(tmp_path / "wide", layout=TINY_LAYOUT)
+    wider = make_problem("cnn_digits", channels=(4,)).spec
+    with pytest.raises(ZooFormatError, match="the spec does not fit"):
+        import_array_zoo(tmp_path / "wide", tmp_path / "z3", {**wider, "Conv_0": {}})
+    (tmp_path / "wide" / "metrics.csv").write_text("test_accuracy\n0.5\n")
+    with pytest.raises(ZooFormatError, match="has 1 rows"):
+        import_array_zoo(tmp_path / "wide", tmp_path / "z4", tiny_problem.spec)
+
+
+@pytest.mark.parametrize(("name", "count"), [("rnn_paper", 2000), ("rnn_paper_10k", 10_000)])
+def test_paper_rnn_zoo_varies_only_learning_rate_and_batch_size(name, count):
+    from hydra import compose, initialize_config_module
+
+    from lopt.cli.zoo import settings_from_config
+    from lopt.zoo import sample_hyperparameters
+
+    with initialize_config_module(config_module="lopt.configs", version_base="1.3"):
+        cfg = compose(config_name="zoo", overrides=[f"zoo={name}"])
+    assert cfg.zoo.target == "test_success" and cfg.zoo.count == count
+    settings = settings_from_config(cfg.zoo)
+    keys = jax.random.split(jax.random.key(0), 256)
+    hyper = jax.vmap(lambda k: sample_hyperparameters(k, settings.ranges))(keys)
+    assert set(np.unique(hyper.batch_size).tolist()) == {64, 128, 256}
+    assert 1e-4 <= float(hyper.learning_rate.min()) < 2e-4
+    assert 5e-3 < float(hyper.learning_rate.max()) <= 1e-2
+    np.testing.assert_allclose(hyper.init_scale, 1.0, rtol=1e-6)
+    np.testing.assert_allclose(hyper.subset_fraction, 1.0, rtol=1e-6)
+    assert set(np.unique(hyper.num_steps).tolist()) == {4000}

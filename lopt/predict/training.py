@@ -4,6 +4,10 @@ The target is standardised with the train split's mean and deviation and fitted 
 squared error with Adam; after every epoch the validation Kendall τ is measured and the
 best params so far are kept; training stops after ``patience`` epochs without improvement.
 One epoch is one jitted ``lax.scan`` over shuffled minibatches.
+
+:func:`run_prediction` does it all on a zoo: it drops the networks that cannot be read
+(non-finite weights: diverged training; or a non-finite target) and counts them, splits,
+fits, and scores the test split by Kendall τ, R² and mean absolute error.
 """
 
 from __future__ import annotations
@@ -18,9 +22,19 @@ import numpy as np
 import optax
 
 import lopt.nf as nf
-from lopt.predict.features import Standardizer, finite_networks, fit_standardizer, weight_features
+from lopt.predict.features import finite_networks, fit_standardizer
+from lopt.predict.fitted import (
+    FittedPredictor,
+    TargetScale,
+    batched_apply,
+    build_module,
+    model_inputs,
+    predict,
+)
+from lopt.predict.hyperparameters import fit_hyperparameter_scaler
 from lopt.predict.kendall import kendall_tau
-from lopt.predict.models import make_predictor
+from lopt.predict.models import WEIGHTLESS, canonical_kind
+from lopt.predict.statistics import mean_absolute_error, r_squared
 
 PyTree = Any
 
@@ -80,7 +94,7 @@ def split_zoo(size: int, fractions: tuple[float, float, float], seed: int) -> Sp
 
 def make_batched_apply(module: nn.Module):
     """``apply(params, features)`` over a leading batch axis, returning ``(B,)``."""
-    return jax.vmap(lambda params, x: module.apply(params, x)[0], in_axes=(None, 0))
+    return batched_apply(module)
 
 
 def fit_predictor(
@@ -153,6 +167,18 @@ def fit_predictor(
     return FitResult(best_params, best_epoch, taus)
 
 
+class Dropped(NamedTuple):
+    """Networks left out before the split, by cause.
+
+    Attributes:
+        non_finite_weights: networks with a NaN or infinite weight (diverged training).
+        non_finite_target: networks with finite weights but a NaN or infinite metric.
+    """
+
+    non_finite_weights: int
+    non_finite_target: int
+
+
 class Evaluation(NamedTuple):
     """A predictor's held-out result.
 
@@ -161,21 +187,34 @@ class Evaluation(NamedTuple):
         validation_tau: the best validation τ (the early-stopping criterion).
         predictions: ``(N_test,)`` predictions (in the metric's units).
         targets: ``(N_test,)`` true metrics.
+        test_indices: ``(N_test,)`` the test networks' indices in the zoo as given
+            (before the unreadable ones were dropped): the same for every predictor of
+            one split seed, which pairs their predictions.
+        r_squared: R² of the test predictions.
+        mean_absolute_error: their mean absolute error, in the metric's units.
         best_epoch: the early-stopping epoch.
         epochs_run: epochs trained before stopping.
-        kept: number of networks used (finite weights).
+        kept: number of networks used.
+        dropped: the networks left out, by cause.
         invariance_error: largest change of a test prediction under a random permutation
-            of its network per the spec (float rounding only, for an invariant predictor).
+            of its network per the spec (float rounding only, for an invariant predictor);
+            ``None`` for a predictor that reads no weights.
+        predictor: the fitted predictor (to save, or to score other networks with).
     """
 
     tau: float
     validation_tau: float
     predictions: np.ndarray
     targets: np.ndarray
+    test_indices: np.ndarray
+    r_squared: float
+    mean_absolute_error: float
     best_epoch: int
     epochs_run: int
     kept: int
-    invariance_error: float
+    dropped: Dropped
+    invariance_error: float | None
+    predictor: FittedPredictor
 
 
 def invariance_error(
@@ -200,6 +239,18 @@ def invariance_error(
     return float(jnp.max(jnp.abs(batched(params, features) - batched(params, permuted))))
 
 
+def readable_networks(params: PyTree, targets: np.ndarray) -> tuple[np.ndarray, Dropped]:
+    """``(N,)`` mask of the networks with finite weights and a finite target, and the count
+    of the others by cause."""
+    finite_weights = finite_networks(params)
+    finite_target = np.isfinite(np.asarray(targets))
+    dropped = Dropped(
+        non_finite_weights=int((~finite_weights).sum()),
+        non_finite_target=int((finite_weights & ~finite_target).sum()),
+    )
+    return finite_weights & finite_target, dropped
+
+
 def run_prediction(
     params: PyTree,
     spec: PyTree,
@@ -207,16 +258,18 @@ def run_prediction(
     kind: str,
     seed: int,
     *,
+    hyperparameters: dict[str, np.ndarray] | None = None,
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     split_seed: int = 0,
     model_options: dict[str, Any] | None = None,
     settings: FitSettings = FitSettings(),
 ) -> Evaluation:
-    """Trains predictor ``kind`` on a zoo and measures its test τ.
+    """Trains predictor ``kind`` on a zoo and measures it on the test split.
 
-    Networks with non-finite weights are dropped first. The split is fixed by
-    ``split_seed``; ``seed`` changes the predictor's init and minibatch order. The test
-    split is read once, after training, for τ and the invariance check.
+    Networks with non-finite weights or targets are dropped first (and counted). The split
+    is fixed by ``split_seed``; ``seed`` changes the predictor's init and minibatch order.
+    The test split is read once, after training, for τ, R², the mean absolute error and
+    the invariance check.
 
     Args:
         params: zoo params, leaves ``(N, *shape)``.
@@ -224,6 +277,8 @@ def run_prediction(
         targets: ``(N,)`` metric to predict.
         kind: predictor name (:data:`lopt.predict.PREDICTORS`).
         seed: the predictor's seed.
+        hyperparameters: the zoo's ``{name: (N,)}`` hyperparameters; needed by the
+            predictors that read them (:data:`lopt.predict.WEIGHTLESS`).
         split_fractions: train, validation, test shares.
         split_seed: seed of the split.
         model_options: keyword arguments of :func:`make_predictor`.
@@ -232,30 +287,49 @@ def run_prediction(
     Returns:
         The :class:`Evaluation` on the test split.
     """
-    keep = finite_networks(params) & np.isfinite(targets)
-    params = jax.tree_util.tree_map(lambda w: w[keep], params)
-    targets = np.asarray(targets)[keep]
+    kind = canonical_kind(kind)
+    if kind in WEIGHTLESS and not hyperparameters:
+        raise ValueError(f"predictor {kind!r} reads the zoo's hyperparameters; none were given")
+    options = dict(model_options or {})
+    options["head"] = tuple(options.get("head", (64, 1)))
+    keep, dropped = readable_networks(params, targets)
+    indices = np.flatnonzero(keep)
+    take = lambda tree, idx: jax.tree_util.tree_map(lambda w: np.asarray(w)[idx], tree)
+    params, targets = take(params, indices), np.asarray(targets)[indices]
     split = split_zoo(len(targets), split_fractions, split_seed)
-    standardizer: Standardizer = fit_standardizer(
-        jax.tree_util.tree_map(lambda w: w[split.train], params)
-    )
-    features = weight_features(params, standardizer)
-    module = make_predictor(kind, spec, **(model_options or {}))
+    mean, std = float(np.mean(targets[split.train])), float(np.std(targets[split.train]) + 1e-8)
+    if kind in WEIGHTLESS:
+        networks = take(hyperparameters, indices)
+        scaler = fit_hyperparameter_scaler(take(networks, split.train))
+        spec_used = None
+    else:
+        networks, spec_used = params, spec
+        scaler = fit_standardizer(take(params, split.train))
+    module = build_module(kind, spec_used, options)
+    untrained = FittedPredictor(kind, options, spec_used, None, scaler, TargetScale(mean, std))
+    features = model_inputs(untrained, networks)
     fit = fit_predictor(module, features, targets, split, jax.random.key(seed), settings)
-    test_x = jax.tree_util.tree_map(lambda x: x[split.test], features)
-    scores = np.asarray(jax.jit(make_batched_apply(module))(fit.params, test_x))
-    mean, std = np.mean(targets[split.train]), np.std(targets[split.train]) + 1e-8
-    predictions = scores * std + mean
+    fitted = untrained._replace(params=fit.params)
+    predictions = predict(fitted, take(networks, split.test))
     test_y = targets[split.test]
     tau = float(kendall_tau(jnp.asarray(predictions), jnp.asarray(test_y)))
-    error = invariance_error(module, fit.params, spec, test_x, jax.random.key(seed + 1))
+    error = None
+    if kind not in WEIGHTLESS:
+        test_x = take(features, split.test)
+        key = jax.random.key(seed + 1)
+        error = invariance_error(module, fit.params, spec, test_x, key) * std
     return Evaluation(
         tau=tau,
         validation_tau=float(fit.validation_taus[fit.best_epoch]),
         predictions=predictions,
         targets=test_y,
+        test_indices=indices[split.test],
+        r_squared=r_squared(predictions, test_y),
+        mean_absolute_error=mean_absolute_error(predictions, test_y),
         best_epoch=fit.best_epoch,
         epochs_run=len(fit.validation_taus),
-        kept=int(keep.sum()),
-        invariance_error=error * float(std),
+        kept=len(indices),
+        dropped=dropped,
+        invariance_error=error,
+        predictor=fitted,
     )

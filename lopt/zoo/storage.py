@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import lopt.nf as nf
-from lopt.persistence import config_differences, sha256, write_atomic, write_text
+from lopt.persistence import config_differences, nest, sha256, write_atomic, write_text
 
 PyTree = Any
 
@@ -96,14 +96,7 @@ def flatten(tree: PyTree) -> dict[str, Any]:
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     """Inverse of :func:`flatten` for nested dicts."""
-    tree: dict[str, Any] = {}
-    for name, leaf in flat.items():
-        node = tree
-        *parents, last = name.split(_SEPARATOR)
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = leaf
-    return tree
+    return nest(flat, _SEPARATOR)
 
 
 def encode_spec(spec: PyTree) -> dict[str, list]:
