@@ -19,9 +19,10 @@ particles and scanned over the truncation: the training batch (sampling and augm
 the inner task's forward and backward pass, the rule's features, the rule's network, the
 whole inner step, and the estimator's bookkeeping (the outer step less its inner steps).
 Each part gets XLA's FLOP estimate and its achieved rate beside a square float32 matmul
-timed in the same run, and the share of a 60-minute run that meta-validation takes at the
-default settings (``validation.every`` outer steps per validation of ``--val-seeds`` runs
-of ``--val-steps`` steps, after a reference Adam sweep of ``--val-sweep`` learning rates).
+timed in the same run (and a large elementwise pass for the memory bandwidth), and the
+share of a 60-minute run that meta-validation takes with the task's shipped experiment
+settings (``lopt-train experiment=<name>``: ``validation.every``, the validation runs, the
+reference Adam's sweep; each ``--val-*`` option overrides one).
 
     python scripts/bench_meta.py
     python scripts/bench_meta.py --tasks mlp_digits --optimizer deepsets --rounds 3
@@ -34,11 +35,14 @@ import argparse
 import math
 import statistics
 import time
+from typing import NamedTuple
 
+import hydra
 import jax
 import jax.numpy as jnp
 import optax
 
+import lopt.cli.schema  # noqa: F401  (registers the configs' schemas)
 import lopt.learned as learned
 import lopt.meta as meta
 import lopt.tasks as tasks
@@ -49,8 +53,19 @@ from lopt.meta.base import broadcast_theta
 from lopt.meta.population import train_step
 
 TASKS = ("mlp_digits", "transformer_text")
-SHIPPED_TASKS = ("mlp_augmented_digits", "cnn_augmented_digits", "rnn_text", "transformer_text")
+SHIPPED = {
+    "mlp_augmented_digits": "mlp",
+    "cnn_augmented_digits": "cnn",
+    "rnn_text": "rnn",
+    "transformer_text": "transformer",
+}
+"""The shipped experiments' tasks, and the experiment of each."""
+SHIPPED_TASKS = tuple(SHIPPED)
 RUN_SECONDS = 3600.0
+LAYER_WIDTH = 32
+LAYER_INTENSITY = 2 * LAYER_WIDTH**2 / (2 * LAYER_WIDTH * 4)
+"""FLOP per byte of a ``LAYER_WIDTH`` -> ``LAYER_WIDTH`` pointwise layer that reads its input
+and writes its output (float32): the rules' hidden layers at their default width."""
 ESTIMATORS = ("pes", "tbptt", "full_es")
 
 
@@ -128,7 +143,12 @@ def bench_task(name: str, args) -> list[str]:
 
 def scanned(body, carry, steps: int):
     """The jitted, compiled ``steps``-fold scan of ``body`` from ``carry``, vmapped over its
-    leading axis, and XLA's GFLOP estimate of one call."""
+    leading axis, and XLA's GFLOP estimate of one call.
+
+    The estimate is one vmapped body's, compiled alone, times ``steps``: XLA's cost analysis
+    counts a loop's body once, whatever its trip count, so loops inside ``body`` (an RNN's
+    scan over positions) still count once and its estimate is then a lower bound.
+    """
 
     @jax.jit
     def run(carry):
@@ -136,7 +156,8 @@ def scanned(body, carry, steps: int):
 
     compiled = run.lower(carry).compile()
     jax.block_until_ready(compiled(carry))
-    return compiled, xla_gflop(compiled)
+    one_step = jax.jit(jax.vmap(body)).lower(carry).compile()
+    return compiled, steps * xla_gflop(one_step)
 
 
 def median_seconds(fn, arg, rounds: int) -> float:
@@ -154,6 +175,25 @@ def matmul_rate(size: int, rounds: int) -> float:
     product = jax.jit(lambda x: x @ x).lower(a).compile()
     jax.block_until_ready(product(a))
     return 2 * size**3 / median_seconds(product, a, rounds) / 1e9
+
+
+def copy_rate(megabytes: int, rounds: int) -> float:
+    """GB/s moved by a jitted elementwise pass over a ``megabytes`` float32 array (one read
+    and one write per entry): the memory bandwidth a large streaming computation gets."""
+    x = jnp.ones((megabytes * 2**18,), jnp.float32)
+    scaled = jax.jit(lambda v: v * 1.0001 + 1.0).lower(x).compile()
+    jax.block_until_ready(scaled(x))
+    return 2 * x.nbytes / median_seconds(scaled, x, rounds) / 1e9
+
+
+def layer_rate(rows: int, rounds: int) -> float:
+    """GFLOP/s of a jitted ``(rows, LAYER_WIDTH) @ (LAYER_WIDTH, LAYER_WIDTH)`` product: a
+    pointwise layer of the rules' width over ``rows`` entries, their networks' bulk work."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (rows, LAYER_WIDTH))
+    w = jax.random.normal(jax.random.PRNGKey(1), (LAYER_WIDTH, LAYER_WIDTH))
+    product = jax.jit(lambda a: jax.nn.relu(a @ w)).lower(x).compile()
+    jax.block_until_ready(product(x))
+    return 2 * rows * LAYER_WIDTH**2 / median_seconds(product, x, rounds) / 1e9
 
 
 def stacked(tree, count: int):
@@ -230,18 +270,43 @@ def breakdown_parts(task, opt, theta, particles: int, steps: int) -> dict[str, t
     return {name: (*scanned(bodies[name], carries[name], steps), carries[name]) for name in bodies}
 
 
+class ValidationCost(NamedTuple):
+    """How often and how much a run validates: every ``every`` outer steps, ``seeds`` runs of
+    ``steps`` inner steps, after a reference Adam sweep of ``sweep`` learning rates."""
+
+    every: int
+    seeds: int
+    steps: int
+    sweep: int
+
+
+def shipped_validation(task_name: str, args) -> ValidationCost:
+    """The validation of the task's shipped experiment (``lopt-train experiment=<name>``),
+    each entry replaced by its ``--val-*`` option when given."""
+    every, seeds, steps, sweep = 100, 4, 2000, 8
+    if task_name in SHIPPED:
+        with hydra.initialize_config_module("lopt.configs", version_base="1.3"):
+            cfg = hydra.compose("train", overrides=[f"experiment={SHIPPED[task_name]}"])
+        validation = cfg.validation
+        every, seeds = validation.every, validation.num_seeds
+        steps = validation.num_steps or cfg.schedule.max_length
+        sweep = len(validation.adam_learning_rates)
+    given = (args.val_every, args.val_seeds, args.val_steps, args.val_sweep)
+    chosen = (every, seeds, steps, sweep)
+    return ValidationCost(*(c if g is None else g for g, c in zip(given, chosen, strict=True)))
+
+
 def validation_share(
-    task, opt, theta, args, outer_seconds: float, rounds: int
+    task, opt, theta, cost: ValidationCost, outer_seconds: float, rounds: int
 ) -> tuple[float, float, float]:
     """``(seconds per validation, start-up seconds, share of a 60-minute run)``.
 
-    A validation trains ``--val-seeds`` runs for ``--val-steps`` steps; the start-up tunes
-    Adam over ``--val-sweep`` learning rates on those runs and scores theta0 once.
+    A validation trains ``cost.seeds`` runs for ``cost.steps`` steps; the start-up tunes Adam
+    over ``cost.sweep`` learning rates on those runs (all rates and seeds vmapped in one
+    program, as the sweep runs them) and scores theta0 once. Compiles are left out.
     """
-    seeds, steps = args.val_seeds, args.val_steps
+    seeds, steps = cost.seeds, cost.steps
     chunk = min(steps, 100)
-    keys = jax.random.split(jax.random.PRNGKey(2), seeds)
-    params = jax.vmap(task.init)(keys)
 
     def learned_step(carry):
         params, state, key = carry
@@ -258,15 +323,21 @@ def validation_share(
         params, state, _ = train_step(task, adam, adam_theta, params, state, sub)
         return params, state, key
 
-    per_validation = []
-    for optimizer, body in ((opt, learned_step), (adam, adam_step)):
+    per_program = []
+    for optimizer, body, runs in (
+        (opt, learned_step, seeds),
+        (adam, adam_step, seeds * cost.sweep),
+    ):
+        keys = jax.random.split(jax.random.PRNGKey(2), runs)
+        params = jax.vmap(task.init)(keys)
         carry = (params, jax.vmap(optimizer.init)(params), keys)
         compiled, _ = scanned(body, carry, chunk)
-        per_validation.append(median_seconds(compiled, carry, rounds) * steps / chunk)
-    validation, adam_validation = per_validation
-    startup = args.val_sweep * adam_validation + validation
-    cycle = args.val_every * outer_seconds + validation
-    validations = max(RUN_SECONDS - startup, 0.0) / cycle
+        per_program.append(median_seconds(compiled, carry, rounds) * steps / chunk)
+    validation, sweep = per_program
+    startup = sweep + validation
+    cycle = cost.every * outer_seconds + validation
+    # the validations due in the run, and the one at its last step
+    validations = math.floor(max(RUN_SECONDS - startup, 0.0) / cycle) + 1
     return validation, startup, (startup + validations * validation) / RUN_SECONDS
 
 
@@ -300,9 +371,11 @@ def breakdown_task(name: str, args, rate: float) -> list[str]:
     inner = statistics.median(seconds["inner step"])
     rows.append(breakdown_row(name, "bookkeeping", outer_seconds - inner, 0.0, outer_seconds, rate))
     rows.append(breakdown_row(name, "outer step", outer_seconds, math.nan, outer_seconds, rate))
-    validation, startup, share = validation_share(task, opt, theta, args, outer_seconds, 3)
+    cost = shipped_validation(name, args)
+    validation, startup, share = validation_share(task, opt, theta, cost, outer_seconds, 3)
     rows.append(
-        f"{name:<22}validation: {validation:.1f} s each every {args.val_every} outer steps, "
+        f"{name:<22}validation: {cost.seeds} x {cost.steps} steps, {validation:.1f} s each "
+        f"every {cost.every} outer steps, sweep of {cost.sweep} rates; "
         f"{startup:.0f} s at the start; {100 * share:.1f}% of a 60-minute run; "
         f"{particles * steps / outer_seconds:.0f} inner steps/s"
     )
@@ -321,10 +394,17 @@ def breakdown_row(
 
 def breakdown(args) -> None:
     rate = matmul_rate(args.matmul_size, 10)
+    bandwidth = copy_rate(args.copy_megabytes, 10)
+    layer = layer_rate(args.layer_rows, 10)
     print(
         f"{jax_platform()}; optimizer {args.optimizer}; PES {2 * args.pairs} particles x "
-        f"{args.truncation} steps per outer step; median of {args.rounds} rounds; "
-        f"{args.matmul_size}-square float32 matmul: {rate:.1f} GFLOP/s"
+        f"{args.truncation} steps per outer step; median of {args.rounds} rounds\n"
+        f"{args.matmul_size}-square float32 matmul: {rate:.1f} GFLOP/s; streaming "
+        f"{args.copy_megabytes} MB: {bandwidth:.1f} GB/s (a {LAYER_WIDTH}-channel pointwise "
+        f"layer, {LAYER_INTENSITY:.0f} FLOP per byte read and written, could reach "
+        f"{LAYER_INTENSITY * bandwidth:.1f} GFLOP/s from memory); a {LAYER_WIDTH}-channel "
+        f"pointwise layer (matmul and ReLU) over {args.layer_rows:,} entries: {layer:.1f} "
+        f"GFLOP/s ({100 * layer / rate:.0f}% mm)"
     )
     print(
         f"{'task':<22}{'part':<14}{'ms':>10}{'% outer':>8}{'GFLOP':>10}{'GFLOP/s':>10}{'% mm':>8}"
@@ -365,11 +445,18 @@ def main() -> None:
         action="store_true",
         help="split one PES outer step into its parts (defaults: the shipped tasks, P=16, K=50)",
     )
-    parser.add_argument("--val-seeds", type=int, default=4, help="validation runs (breakdown)")
-    parser.add_argument("--val-steps", type=int, default=2000, help="their length (breakdown)")
-    parser.add_argument("--val-every", type=int, default=100, help="outer steps per validation")
-    parser.add_argument("--val-sweep", type=int, default=8, help="Adam learning rates tuned")
+    shipped = "(breakdown; default: the task's shipped experiment's)"
+    parser.add_argument("--val-seeds", type=int, help=f"validation runs {shipped}")
+    parser.add_argument("--val-steps", type=int, help=f"their length {shipped}")
+    parser.add_argument("--val-every", type=int, help=f"outer steps per validation {shipped}")
+    parser.add_argument("--val-sweep", type=int, help=f"Adam learning rates tuned {shipped}")
     parser.add_argument("--matmul-size", type=int, default=1024)
+    parser.add_argument(
+        "--copy-megabytes", type=int, default=256, help="array streamed for the bandwidth"
+    )
+    parser.add_argument(
+        "--layer-rows", type=int, default=2**20, help="entries of the pointwise layer timed"
+    )
     args = parse_timing_args(parser)
     if args.breakdown:
         args.tasks = args.tasks or list(SHIPPED_TASKS)

@@ -313,6 +313,14 @@ def test_smoke_run_leaves_optimizer_plot_summary_and_metrics(smoke_run):
     )
     assert best["best_valid_loss"] > 0 and best["theta0_valid_loss"] > 0
     assert "verdict" in best and best["adam_learning_rate"] in reference["adam_grid"]
+    # Validation's wall time: each validation's in its record, the run's total and share
+    # (the reference levels included) in the summary.
+    seconds = [r["val_seconds"] for r in records if r["step"] in validated]
+    assert all(s > 0 for s in seconds)
+    assert best["seconds"] > sum(seconds)
+    wall = summary["wall_time_sec"]  # rounded to 0.1 s
+    assert best["share_of_wall_time"] == pytest.approx(best["seconds"] / wall, rel=1e-2)
+    assert 0 < best["share_of_wall_time"] < 1
     for name in ("optimizer", "optimizer_last"):
         assert (run_dir / name / "theta.msgpack").is_file()
     assert (run_dir / "metrics.csv").read_text().splitlines()[0].startswith("step,")

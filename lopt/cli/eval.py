@@ -31,16 +31,18 @@ from lopt.cli import rundir, schema
 from lopt.cli.common import RunError, build_task, enable_compilation_cache, to_container
 from lopt.evaluation import (
     DEFAULT_GRIDS,
-    EVAL_SEED_OFFSET,
-    TUNING_SEED_OFFSET,
     EvalSettings,
     OptimizerLoadError,
     evaluate,
     load_for_task,
     write_outputs,
 )
+from lopt.learned.baselines import COSINE_DEFAULTS, SGDM_DEFAULTS
 
 log = logging.getLogger("lopt.eval")
+
+DEFAULTS = EvalSettings()
+"""The library's evaluation settings, whose defaults the config's entries take."""
 
 
 @dataclass
@@ -56,17 +58,20 @@ class TuningConfig:
     """The baselines' sweeps: ``num_seeds`` runs per rate from ``seed_offset`` on, each of
     ``num_steps`` steps (None: the evaluation's ``num_steps``)."""
 
-    num_seeds: int = 3
-    seed_offset: int = TUNING_SEED_OFFSET
-    num_steps: int | None = None
+    num_seeds: int = DEFAULTS.num_tuning_seeds
+    seed_offset: int = DEFAULTS.tuning_seed_offset
+    num_steps: int | None = DEFAULTS.tuning_steps
 
 
 def _default_baselines() -> dict[str, BaselineSweepConfig]:
     return {
-        "sgdm": BaselineSweepConfig(list(DEFAULT_GRIDS["sgdm"]), {"momentum": 0.9}),
+        "sgdm": BaselineSweepConfig(
+            list(DEFAULT_GRIDS["sgdm"]), {"momentum": SGDM_DEFAULTS["momentum"]}
+        ),
         "adam": BaselineSweepConfig(list(DEFAULT_GRIDS["adam"]), {}),
         "adam_cosine": BaselineSweepConfig(
-            list(DEFAULT_GRIDS["adam_cosine"]), {"warmup_fraction": 0.05}
+            list(DEFAULT_GRIDS["adam_cosine"]),
+            {"warmup_fraction": COSINE_DEFAULTS["warmup_fraction"]},
         ),
     }
 
@@ -96,14 +101,14 @@ class EvalConfig:
     task: Any = MISSING
     optimizers: list[str] = field(default_factory=list)
     labels: list[str] | None = None
-    num_seeds: int = 5
-    num_steps: int = 2000
-    seed_offset: int = EVAL_SEED_OFFSET
+    num_seeds: int = DEFAULTS.num_seeds
+    num_steps: int = DEFAULTS.num_steps
+    seed_offset: int = DEFAULTS.seed_offset
     tuning: TuningConfig = field(default_factory=TuningConfig)
     baselines: dict[str, BaselineSweepConfig] = field(default_factory=_default_baselines)
-    max_grid_extensions: int = 4
-    tail_fraction: float = 0.1
-    num_test_batches: int = 10
+    max_grid_extensions: int = DEFAULTS.max_grid_extensions
+    tail_fraction: float = DEFAULTS.tail_fraction
+    num_test_batches: int = DEFAULTS.num_test_batches
     log_y: bool | None = None
     smoothing: int = 0
     out_dir: str = "eval"

@@ -41,8 +41,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from lopt import meta
-from lopt.evaluation.seeds import VALIDATION_SEED_OFFSET
-from lopt.evaluation.validation import DEFAULT_ADAM_GRID
+from lopt.evaluation.validation import ValidationSettings
 from lopt.learned import make_adam, make_nf_optimizer, make_sgdm
 from lopt.learned.nf_optimizer import DEFAULTS as NF_DEFAULTS
 from lopt.tasks import task_factory
@@ -92,6 +91,42 @@ def options_schema(
     schema.__module__ = __name__
     summary = (inspect.getdoc(factory) or "").split("\n")[0].rstrip(".")
     schema.__doc__ = f"{summary} (:func:`{reference}`)."
+    return schema
+
+
+def settings_schema(
+    class_name: str,
+    settings: type,
+    *,
+    leading: Sequence[tuple[str, Any, dataclasses.Field]] = (),
+    replace: dict[str, tuple[Any, dataclasses.Field]] | None = None,
+) -> type:
+    """The structured config of a library settings class (a dataclass), from its fields.
+
+    The settings class is the one place the settings and their defaults are defined; the
+    config adds what only a config has and changes what a config says differently.
+
+    Args:
+        class_name: the dataclass's name.
+        settings: the settings class; its constructor's parameters are the fields.
+        leading: fields the config has before the settings' own.
+        replace: ``{name: (type, field)}`` for a setting whose config type or default
+            differs (an enum of its choices, ``None`` for a default filled in later).
+
+    Returns:
+        A dataclass: ``leading``, then the settings in signature order.
+    """
+    replace = replace or {}
+    unknown = set(replace) - set(inspect.signature(settings).parameters)
+    if unknown:
+        raise TypeError(f"{settings.__name__} has no settings {sorted(unknown)}")
+    fields = list(leading)
+    for option in inspect.signature(settings, eval_str=True).parameters.values():
+        fields.append(
+            (option.name, *replace[option.name]) if option.name in replace else _field(option)
+        )
+    schema = dataclasses.make_dataclass(class_name, fields)
+    schema.__module__ = __name__
     return schema
 
 
@@ -265,20 +300,20 @@ class ValidationMetric(enum.Enum):
     valid_loss = "valid_loss"
 
 
-@dataclass
-class ValidationConfig:
-    """Meta-validation (:mod:`lopt.evaluation.validation`): whole inner episodes from
-    held-out seeds, scored every ``every`` outer steps and at the end; ``every: 0`` turns it
-    off. ``num_steps: null`` validates at the meta-training horizon (``schedule.max_length``)."""
-
-    every: int = 100
-    num_seeds: int = 4
-    num_steps: int | None = None
-    seed_offset: int = VALIDATION_SEED_OFFSET
-    tail_fraction: float = 0.1
-    num_test_batches: int = 4
-    adam_learning_rates: list[float] = field(default_factory=lambda: list(DEFAULT_ADAM_GRID))
-    metric: ValidationMetric = ValidationMetric.final_loss
+ValidationConfig = settings_schema(
+    "ValidationConfig",
+    ValidationSettings,
+    leading=(("every", int, field(default=100)),),
+    replace={
+        "num_steps": (int | None, field(default=None)),
+        "metric": (ValidationMetric, field(default=ValidationMetric.final_loss)),
+    },
+)
+ValidationConfig.__doc__ = """Meta-validation: the fields and defaults of
+:class:`lopt.evaluation.validation.ValidationSettings`, and ``every``. Whole inner episodes
+from held-out seeds, scored every ``every`` outer steps and at the end; ``every: 0`` turns
+it off. ``num_steps: null`` validates at the meta-training horizon
+(``schedule.max_length``)."""
 
 
 @dataclass

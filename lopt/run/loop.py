@@ -4,6 +4,7 @@ progress and stop, and the loop itself (:func:`lopt.meta.outer_loop`)."""
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from jax.sharding import Mesh
@@ -75,8 +76,10 @@ def run_hooks(
     postfix: dict[str, str] = {}
 
     def validate(done: int, run: RunState) -> tuple[RunState, dict[str, float]]:
+        began = time.perf_counter()
         scores = validation.validate(to_host(run.meta.theta))
         fields = validation_record(scores, validation.reference, validation.metric)
+        fields["val_seconds"] = time.perf_counter() - began
         postfix.update(
             val_vs_adam=f"{fields['val_vs_adam']:.3g}",
             val_vs_theta0=f"{fields['val_vs_theta0']:.3g}",

@@ -92,7 +92,9 @@ def train(
             trainer.inner_steps_per_step,
             run_dir,
         )
+        began_validation = time.perf_counter()
         state, validation = start_validation(settings, parts, run_dir, trainer, state, resumed)
+        setup_seconds = time.perf_counter() - began_validation
         with StopRequest() as stop, run_progress_bar(settings, state) as bar:
             hooks = run_hooks(
                 settings, checkpoints, files, run_logger, checkpoint_config, validation, stop, bar
@@ -104,13 +106,9 @@ def train(
         checkpoints.close()
     files.close()
     optimizer_dir = save_results(state, files.records, settings, parts, run_dir, validation)
+    wall_seconds = time.perf_counter() - begin
     summary = run_summary(
-        files.records,
-        settings,
-        parts,
-        start if resumed else 0,
-        time.perf_counter() - begin,
-        measured_on,
+        files.records, settings, parts, start if resumed else 0, wall_seconds, measured_on
     )
     summary["interrupted_by"] = stop.signal_name
     if validation is not None:
@@ -118,5 +116,10 @@ def train(
         summary["validation"] = validation_summary(
             state, validation.reference, validated, validation.metric
         )
+        # This process's share: the reference levels (tuned, cached or read back) and the
+        # validations of the steps it ran.
+        ran = [r.get("val_seconds", math.nan) for r in files.records if r["step"] > start]
+        seconds = setup_seconds + sum(v for v in ran if math.isfinite(v))
+        summary["validation"].update(seconds=seconds, share_of_wall_time=seconds / wall_seconds)
     publish(summary, run_dir, run_logger, optimizer_dir, parts)
     return summary

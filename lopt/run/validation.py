@@ -48,8 +48,10 @@ VALIDATION_KEYS = (
     "val_final_loss_gmean",
     "val_vs_adam",
     "val_vs_theta0",
+    "val_seconds",
 )
-"""The validation columns of ``metrics.jsonl``/``.csv`` (empty on steps not validated)."""
+"""The validation columns of ``metrics.jsonl``/``.csv`` (empty on steps not validated);
+``val_seconds`` is the validation's wall time."""
 
 
 class Validation(NamedTuple):
