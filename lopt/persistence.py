@@ -15,9 +15,12 @@ against params, a checkpoint against the run restoring it) goes through
 :func:`leaf_mismatch` (:func:`tree_mismatch` for two trees), so the offending entries are
 found and named the same way everywhere:
 
->>> mismatch = theta_mismatch(opt, theta, params)
+>>> mismatch = tree_mismatch(expected, actual)
 >>> if mismatch is not None:
-...     raise ValueError(f"theta does not fit: {mismatch}")
+...     raise ValueError(f"the tree does not fit: {mismatch}")
+
+This module handles bytes and trees only; what a learned optimizer's theta must look like is
+:mod:`lopt.learned.fit`'s.
 """
 
 from __future__ import annotations
@@ -29,13 +32,10 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-
-if TYPE_CHECKING:
-    from lopt.learned.base import LearnedOptimizer
 
 PyTree = Any
 
@@ -215,42 +215,3 @@ def tree_mismatch(
     differs = (lambda a, b: len(a) != len(b)) if ranks_only else operator.ne
     mismatch = leaf_mismatch(_shapes(expected), _shapes(actual), differs=differs, ordered=ordered)
     return None if mismatch is None else mismatch._replace(ranks_only=ranks_only)
-
-
-def expected_theta(opt: LearnedOptimizer, params: PyTree | None) -> PyTree:
-    """The shapes of the meta-parameters ``opt`` makes for ``params`` (``ShapeDtypeStruct``
-    leaves; nothing is computed)."""
-    return jax.eval_shape(lambda key: opt.init_meta(key, params), jax.random.key(0))
-
-
-def theta_mismatch(
-    opt: LearnedOptimizer, theta: PyTree, params: PyTree | None, *, ranks_only: bool = False
-) -> TreeMismatch | None:
-    """How ``theta`` differs from the meta-parameters ``opt`` needs for ``params``.
-
-    Args:
-        opt: the optimizer.
-        theta: the meta-parameters to check.
-        params: the params (arrays or ``jax.ShapeDtypeStruct``) ``theta`` is for.
-        ranks_only: see :func:`tree_mismatch`.
-    """
-    return tree_mismatch(expected_theta(opt, params), theta, ranks_only=ranks_only)
-
-
-def check_theta(opt: LearnedOptimizer, theta: PyTree, params: PyTree) -> None:
-    """Checks that ``theta`` has the structure and shapes ``opt`` needs for ``params``.
-
-    Raises:
-        ValueError: naming the meta-parameters that are missing or unexpected, or the first
-            one of the wrong shape.
-    """
-    mismatch = theta_mismatch(opt, theta, params)
-    if mismatch is None:
-        return
-    hint = ""
-    if mismatch.wrong and not mismatch.paths_differ:
-        hint = " (was theta made for a model whose fixed, unpermuted axes have other lengths?)"
-    name = opt.config.get("name", "?")
-    raise ValueError(
-        f"theta does not fit the {name!r} optimizer for these params: {mismatch}{hint}"
-    )

@@ -18,7 +18,9 @@ Everything else comes from the runs' own files: the commands (``.hydra/overrides
 the source commit and budgets (``summary.json``, ``results.json``), the validation curves
 (``loss.png``), the evaluation tables (``results.md``) and paired differences, and the
 learned scalars (``optimizer/theta.msgpack``). Each task's files are copied into
-docs/results/<task>/ so the page stands on its own.
+docs/results/<task>/ (the command's record as ``overrides.yaml``) so the page stands on its
+own: a manifest may name those copies instead of the runs, and the page is regenerated from
+them alone.
 """
 
 from __future__ import annotations
@@ -37,9 +39,32 @@ from lopt.learned.serialization import read_theta
 DOCS = Path("docs")
 
 
+OVERRIDES = "overrides.yaml"
+"""A published copy's record of the command line (Hydra's ``.hydra/overrides.yaml``)."""
+
+
 def command(directory: Path, program: str) -> str:
-    overrides = yaml.safe_load((directory / ".hydra" / "overrides.yaml").read_text())
+    """The command that made a run or evaluation directory, or its published copy."""
+    recorded = directory / ".hydra" / OVERRIDES
+    overrides = yaml.safe_load(
+        (recorded if recorded.is_file() else directory / OVERRIDES).read_text()
+    )
     return " ".join([program, *(f"'{o}'" if "[" in o else o for o in overrides)])
+
+
+def publish(source: Path, target: Path, names: tuple[str, ...]) -> None:
+    """Copies ``names`` (those that exist) and the command's record from a run or evaluation
+    directory into its published copy ``target``; nothing when ``source`` is that copy, so
+    the page can be regenerated from docs/results alone."""
+    target.mkdir(parents=True, exist_ok=True)
+    if source.resolve() == target.resolve():
+        return
+    for name in names:
+        if (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+    if (source / "optimizer").is_dir():
+        shutil.copytree(source / "optimizer", target / "optimizer", dirs_exist_ok=True)
+    shutil.copy2(source / ".hydra" / OVERRIDES, target / OVERRIDES)
 
 
 def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[str]:
@@ -69,12 +94,11 @@ def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[st
             + f" | {(summary.get('environment') or {}).get('commit', '—')} |"
         )
         commands.append(command(run, "lopt-train"))
-        target = out / f"{label}_training"
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("loss.png", "summary.json", "metrics.jsonl", "config.yaml"):
-            if (run / name).is_file():
-                shutil.copy2(run / name, target / name)
-        shutil.copytree(run / "optimizer", target / "optimizer", dirs_exist_ok=True)
+        publish(
+            run,
+            out / f"{label}_training",
+            ("loss.png", "summary.json", "metrics.jsonl", "config.yaml"),
+        )
         figures.append(f"![{label} meta-training](results/{task}/{label}_training/loss.png)")
     return [*lines, "", "```bash", *commands, "```", "", *figures]
 
@@ -83,10 +107,7 @@ def evaluation_section(task: str, evaluations: dict[str, str], out: Path) -> lis
     lines: list[str] = []
     for label, path in evaluations.items():
         directory = Path(path)
-        target = out / label
-        target.mkdir(parents=True, exist_ok=True)
-        for name in ("results.md", "curves.png", "results.json"):
-            shutil.copy2(directory / name, target / name)
+        publish(directory, out / label, ("results.md", "curves.png", "results.json"))
         report = (directory / "results.md").read_text().split("\n", 2)[2]  # drop the title
         lines += [
             f"#### {label}",

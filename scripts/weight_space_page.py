@@ -36,6 +36,8 @@ import matplotlib
 import numpy as np
 import yaml
 
+from lopt.nf.matching import kind_of
+from lopt.nf.spec_json import spec_from_json, tensor_paths
 from lopt.predict import Interval, paired_bootstrap
 
 matplotlib.use("Agg")
@@ -326,19 +328,19 @@ def zoo_section(run: Path) -> list[str]:
 
 def spec_summary(manifest: dict) -> str:
     """The spec's ids by kind, each with the tensor axes it permutes, then the fixed axes."""
-    kinds = {"id": "hidden", "by_choice": "by choice", "spatial": "spatial"}
+    words = {"hidden": "hidden", "by_choice": "by choice", "spatial": "spatial"}
     axes_of: dict[tuple[str, str], list[str]] = defaultdict(list)
     fixed = []
-    for tensor, entries in manifest["spec"].items():
-        for position, entry in enumerate(entries):
-            if entry is None:
+    for tensor, axes in tensor_paths(spec_from_json(manifest["spec"])).items():
+        for position, perm_id in enumerate(axes):
+            if perm_id is None:
                 fixed.append(f"{tensor}:{position}")
             else:
-                ((kind, name),) = entry.items()
-                axes_of[(kind, name)].append(f"{tensor}:{position}")
+                name = getattr(perm_id, "name", perm_id)
+                axes_of[(kind_of(perm_id), name)].append(f"{tensor}:{position}")
     where = lambda axes: ", ".join(axes) if len(axes) <= 4 else f"{len(axes)} axes"
-    by_kind = sorted(axes_of.items(), key=lambda item: list(kinds).index(item[0][0]))
-    parts = [f"{kinds[kind]} `{name}` ({where(axes)})" for (kind, name), axes in by_kind]
+    by_kind = sorted(axes_of.items(), key=lambda item: list(words).index(item[0][0]))
+    parts = [f"{words[kind]} `{name}` ({where(axes)})" for (kind, name), axes in by_kind]
     return "; ".join(parts + ([f"fixed ({where(fixed)})"] if fixed else []))
 
 

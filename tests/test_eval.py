@@ -276,6 +276,7 @@ def lopt_eval(*args, cwd):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # lopt-eval end to end in a subprocess; CI runs it
 def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
     run = tmp_path / "runs" / "tiny_unf"
     save_fresh(run / "optimizer", tiny_task)

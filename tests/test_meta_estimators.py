@@ -89,6 +89,7 @@ def test_pes_is_unbiased(episode, truncation, num_truncations):
     assert np.all(np.abs(z) < Z_TOLERANCE), (samples.mean(0), exact, z)
 
 
+@pytest.mark.slow  # many estimates to show a bias; CI runs it
 def test_truncated_es_is_biased_where_pes_is_not():
     task, opt = QuadraticTask(), LearnedMomentum()
     theta = opt.init_meta(None)

@@ -17,6 +17,7 @@ def test_the_readme_has_python_examples():
     assert len(BLOCKS) >= 5
 
 
+@pytest.mark.slow  # every README block, the pretrained five lines included; CI runs it
 def test_every_python_block_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for number, block in enumerate(BLOCKS):

@@ -98,6 +98,7 @@ def test_train_from_python_writes_the_run_and_resumes_only_the_same_run(parts, t
     assert train(more, parts, run_dir)["resumed_from_step"] == 2
 
 
+@pytest.mark.slow  # three runs end to end; CI runs it
 def test_runs_of_one_task_share_the_tuned_reference_adam(parts, tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(run_reference, "source_commit", lambda: "0123456789ab")
     validation = ValidationSettings(num_seeds=2, num_steps=10, adam_learning_rates=(1e-2, 1e-1))

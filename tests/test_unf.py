@@ -180,7 +180,7 @@ def max_abs_diff(a, b):
     )
 
 
-SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def random_variables(module: nn.Module, seed: int, x) -> dict:

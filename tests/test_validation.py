@@ -133,6 +133,7 @@ def test_a_seed_that_diverges_makes_the_score_infinite():
     assert valid_nan.score("valid_loss") == math.inf and math.isfinite(valid_nan.score())
 
 
+@pytest.mark.slow  # a whole sweep; CI runs it
 def test_reference_adam_comes_from_the_sweep_on_the_validation_runs(task):
     settings = ValidationSettings(
         num_seeds=2, num_steps=30, num_test_batches=2, adam_learning_rates=(1e-3, 1e-2, 0.1)
@@ -153,6 +154,7 @@ def test_reference_adam_comes_from_the_sweep_on_the_validation_runs(task):
     assert restored.ratios(0.5) == reference.ratios(0.5)
 
 
+@pytest.mark.slow  # several whole sweeps; CI runs it
 def test_grid_is_extended_until_the_best_rate_is_interior(task):
     sweep = tune_interior(task, "adam", [3e-3, 1e-2], seeds=(30_000,), num_steps=30)
     assert not sweep.at_grid_edge
@@ -179,6 +181,7 @@ def test_an_exploding_but_finite_particle_counts_as_diverged(task):
     assert np.asarray(record.reset[:, 1])[exploding].all()
 
 
+@pytest.mark.slow  # meta-trains until validation improves; CI runs it
 def test_short_meta_training_improves_validation_over_theta0(task):
     """SGDM started at a far too small rate: a few outer steps of PES must raise it."""
     opt = make_optimizer("sgdm", task.spec, learning_rate=1e-3)

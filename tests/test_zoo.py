@@ -13,13 +13,12 @@ import pytest
 
 import lopt.nf as nf
 import lopt.tasks
+from lopt.nf.spec_json import spec_from_json, spec_to_json
 from lopt.zoo import (
     HyperparameterRanges,
     ZooFormatError,
     ZooSettings,
     addition_problems,
-    decode_spec,
-    encode_spec,
     generate_zoo,
     import_array_zoo,
     load_zoo,
@@ -114,8 +113,17 @@ def test_networks_depend_on_seed_and_index_only():
 
 
 def test_spec_encoding_round_trips(tiny_problem):
-    encoded = json.loads(json.dumps(encode_spec(tiny_problem.spec)))
-    assert decode_spec(encoded) == tiny_problem.spec
+    encoded = json.loads(json.dumps(spec_to_json(tiny_problem.spec)))
+    assert spec_from_json(encoded) == tiny_problem.spec
+
+
+def test_a_bad_spec_entry_is_named():
+    with pytest.raises(ValueError, match="unknown permutation id kind 'hiden'"):
+        spec_from_json({"w": [{"hiden": "h"}]})
+    with pytest.raises(ValueError, match="bad permutation id entry"):
+        spec_from_json({"w": ["h"]})
+    with pytest.raises(ValueError, match="only string permutation ids"):
+        spec_to_json({"w": (3,)})
 
 
 def test_zoo_round_trip_and_resume_match_one_shot(tiny_zoo_dir, tiny_problem, tmp_path):

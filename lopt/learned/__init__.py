@@ -20,6 +20,7 @@ from lopt.learned.features import (
     time_features,
     weight_space_features,
 )
+from lopt.learned.fit import check_theta
 from lopt.learned.nf_optimizer import BACKBONES, NFOptState, make_nf_optimizer, meta_parameters
 from lopt.learned.optimizers import (
     LEARNED,
@@ -37,7 +38,6 @@ from lopt.learned.serialization import (
     read_theta,
     save_optimizer,
 )
-from lopt.persistence import check_theta
 
 __all__ = [
     "BACKBONES",

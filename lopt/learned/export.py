@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt.learned.base import LearnedOptimizer
-from lopt.persistence import check_theta
+from lopt.learned.fit import check_theta
 
 PyTree = Any
 

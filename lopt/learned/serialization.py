@@ -39,11 +39,12 @@ import optax
 
 from lopt.learned.base import LearnedOptimizer
 from lopt.learned.export import as_optax
+from lopt.learned.fit import theta_mismatch
 from lopt.learned.optimizers import OPTIMIZERS, optimizer_from_config
 from lopt.learned.transfer import for_model
 from lopt.nf import spec as nfspec
 from lopt.nf.matching import describe_weight_space
-from lopt.persistence import sha256, theta_mismatch, write_atomic
+from lopt.persistence import sha256, write_atomic
 
 PyTree = Any
 

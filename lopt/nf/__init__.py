@@ -28,6 +28,7 @@ from lopt.nf.spec import (
     validate,
     with_channel_axis,
 )
+from lopt.nf.spec_json import spec_from_json, spec_to_json
 from lopt.nf.stacking import (
     StackedFeatures,
     plan_for,
@@ -63,6 +64,8 @@ __all__ = [
     "permute",
     "plan_for",
     "random_permutations",
+    "spec_from_json",
+    "spec_to_json",
     "stack_features",
     "stacked_plan",
     "symmetry_ids",

@@ -34,8 +34,6 @@ from lopt.zoo.storage import (
     FORMAT_VERSION,
     Zoo,
     ZooFormatError,
-    decode_spec,
-    encode_spec,
     load_zoo,
     read_manifest,
 )
@@ -53,8 +51,6 @@ __all__ = [
     "ZooProblem",
     "ZooSettings",
     "addition_problems",
-    "decode_spec",
-    "encode_spec",
     "generate_zoo",
     "import_array_zoo",
     "load_zoo",

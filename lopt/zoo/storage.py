@@ -2,8 +2,9 @@
 
 ``manifest.json`` holds ``format`` (``"lopt-zoo"``), ``version``, the generation
 ``description`` (problem, options, seed, hyperparameter ranges), the permutation ``spec``
-(one list of encoded ids per tensor path), the tensor ``shapes`` and one entry per shard:
-its file name, first network index, count, SHA-256 and generation time. A shard
+(:func:`lopt.nf.spec_json.spec_to_json`: one list of encoded ids per tensor path), the
+tensor ``shapes`` and one entry per shard: its file name, first network index, count,
+SHA-256 and generation time. A shard
 ``shard_00000.npz`` holds ``index`` ``(n,)``, ``params/<path>`` ``(n, *shape)``,
 ``hyper/<name>`` and ``metrics/<name>`` ``(n,)``.
 
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 
 import lopt.nf as nf
+from lopt.nf.spec_json import spec_from_json, spec_to_json
 from lopt.persistence import config_differences, nest, sha256, write_atomic, write_text
 
 PyTree = Any
@@ -59,31 +61,6 @@ class Zoo(NamedTuple):
         return len(next(iter(self.metrics.values())))
 
 
-def _encode_id(perm_id: Any) -> Any:
-    if perm_id is None:
-        return None
-    for kind, cls in (("spatial", nf.Spatial), ("by_choice", nf.ByChoice)):
-        if isinstance(perm_id, cls):
-            if not isinstance(perm_id.name, str):
-                raise ZooFormatError(f"only string id names can be stored, got {perm_id!r}")
-            return {kind: perm_id.name}
-    if not isinstance(perm_id, str):
-        raise ZooFormatError(f"only string permutation ids can be stored, got {perm_id!r}")
-    return {"id": perm_id}
-
-
-def _decode_id(entry: Any) -> Any:
-    if entry is None:
-        return None
-    if not isinstance(entry, dict) or len(entry) != 1:
-        raise ZooFormatError(f"bad permutation id entry {entry!r} in the manifest's spec")
-    ((kind, name),) = entry.items()
-    decoders = {"id": lambda n: n, "by_choice": nf.ByChoice, "spatial": nf.Spatial}
-    if kind not in decoders:
-        raise ZooFormatError(f"unknown permutation id kind {kind!r} in the manifest's spec")
-    return decoders[kind](name)
-
-
 def _path_name(path: tuple) -> str:
     return _SEPARATOR.join(str(getattr(part, "key", part)) for part in path)
 
@@ -99,14 +76,16 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return nest(flat, _SEPARATOR)
 
 
-def encode_spec(spec: PyTree) -> dict[str, list]:
-    """A spec as JSON: ``{tensor path: [encoded id per axis]}``."""
-    return {name: [_encode_id(a) for a in axes] for name, axes in flatten(spec).items()}
+def manifest_spec(encoded: dict[str, list], where: str) -> PyTree:
+    """A manifest's spec (:func:`lopt.nf.spec_json.spec_from_json`).
 
-
-def decode_spec(encoded: dict[str, list]) -> PyTree:
-    """Inverse of :func:`encode_spec`."""
-    return unflatten({name: tuple(_decode_id(a) for a in axes) for name, axes in encoded.items()})
+    Raises:
+        ZooFormatError: an entry that is no encoded id, named with ``where`` it is.
+    """
+    try:
+        return spec_from_json(encoded)
+    except ValueError as err:
+        raise ZooFormatError(f"{where}: the manifest's spec: {err}") from None
 
 
 def read_manifest(directory: str | Path) -> dict[str, Any]:
@@ -161,7 +140,7 @@ class ShardWriter:
                 "format": FORMAT_NAME,
                 "version": FORMAT_VERSION,
                 "description": description,
-                "spec": encode_spec(spec),
+                "spec": spec_to_json(spec),
                 "shards": [],
             }
 
@@ -261,6 +240,6 @@ def load_zoo(directory: str | Path) -> Zoo:
         params=unflatten(params),
         hyperparameters=group("hyper/"),
         metrics=group("metrics/"),
-        spec=decode_spec(manifest["spec"]),
+        spec=manifest_spec(manifest["spec"], f"zoo {directory}"),
         manifest=manifest,
     )
