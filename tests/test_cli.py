@@ -105,6 +105,16 @@ def test_config_groups_are_complete():
     assert set(GROUPS["task"]) == {*EMBEDDED_TASKS, *TFDS_TASKS}
 
 
+def test_a_task_family_builds_its_members_from_the_task_config():
+    config = composed(["experiment=smoke", "task_family=[{width: 16}, {batch_size: 8}]"])
+    parts = build_parts(config)
+    assert [m.config["width"] for m in parts.family] == [16, parts.task.config["width"]]
+    assert parts.family[1].config["batch_size"] == 8
+    for bad, message in (("[3]", "task_family.0. must be a mapping"), ("[{widht: 3}]", "widht")):
+        with pytest.raises(RunError, match=message):
+            build_parts(composed(["experiment=smoke", f"task_family={bad}"]))
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_builds(experiment):
     config = composed([f"experiment={experiment}"])

@@ -176,3 +176,73 @@ def test_sharded_population_matches_unsharded():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "SHARDED_OK" in result.stdout
+
+
+def test_a_task_family_steps_on_the_mean_of_its_members_estimates():
+    members = [QuadraticTask(), QuadraticTask(curvature=(0.1, 0.3, 1.0, 3.0, 0.7, 1.5))]
+    opt = LearnedMomentum(log_lr=float(np.log(0.05)), momentum=0.2)
+    estimator = pes(2, 5, 0.1)
+    # Plain SGD at rate 1: theta moves by minus the estimate, so steps compare linearly.
+    family = make_meta_trainer(members, opt, estimator, optax.sgd(1.0), schedule=EPISODE)
+    state = family.init(jax.random.PRNGKey(0))
+    assert isinstance(state.estimator_state, tuple) and len(state.estimator_state) == 2
+    assert (
+        family.inner_steps_per_step
+        == 2 * make_meta_trainer(members[0], opt, estimator, schedule=EPISODE).inner_steps_per_step
+    )
+    assert family.config["task"] == ["quadratic", "quadratic"]
+    stepped, metrics = family.step(state)
+    singles = []
+    for member, member_state in zip(members, state.estimator_state, strict=True):
+        single = make_meta_trainer(member, opt, estimator, optax.sgd(1.0), schedule=EPISODE)
+        alone = single.init(jax.random.PRNGKey(0))._replace(estimator_state=member_state)
+        singles.append(single.step(alone))
+    for name in ("log_lr", "momentum"):
+        mean = np.mean([np.asarray(s[0].theta[name]) for s in singles])
+        np.testing.assert_allclose(np.asarray(stepped.theta[name]), mean, rtol=1e-5, atol=1e-7)
+    assert int(metrics["num_episodes_ended"]) == sum(
+        int(s[1]["num_episodes_ended"]) for s in singles
+    )
+    np.testing.assert_allclose(
+        float(metrics["meta_loss"]), np.mean([float(s[1]["meta_loss"]) for s in singles]), rtol=1e-5
+    )
+    # Each member keeps advancing its own population.
+    for after, (single_state, _) in zip(stepped.estimator_state, singles, strict=True):
+        expected = jax.tree.leaves(single_state.estimator_state)
+        for a, b in zip(jax.tree.leaves(after), expected, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_family_of_widths_shares_one_theta_and_other_architectures_are_refused():
+    import lopt
+    import lopt.tasks
+
+    narrow, wide = (lopt.tasks.get_task("mlp_digits", width=w) for w in (16, 48))
+    opt = lopt.make_optimizer("unf", narrow.spec, hidden=4, depth=1)
+    trainer = make_meta_trainer([narrow, wide], opt, pes(1, 2, 0.1), schedule=4)
+    assert trainer.config["task"] == ["mlp_digits", "mlp_digits"]
+    cnn = lopt.tasks.get_task("cnn_digits")
+    with pytest.raises(
+        ValueError, match=r"task family member 1 \(cnn_digits\) does not fit the learned optimizer"
+    ):
+        make_meta_trainer([narrow, cnn], opt, pes(1, 2, 0.1), schedule=4)
+    with pytest.raises(ValueError, match="at least one task"):
+        make_meta_trainer([], opt, pes(1, 2, 0.1), schedule=4)
+
+
+class PerCoordinateRate(LearnedMomentum):
+    """A rule with one step size per coordinate: its theta depends on the task's size."""
+
+    @property
+    def spec(self):
+        return {"w": (None,)}
+
+    def init_meta(self, key, params=None):
+        del key
+        return {"log_lr": jnp.zeros(params["w"].shape), "momentum": jnp.asarray(0.5)}
+
+
+def test_family_members_that_need_another_theta_are_named():
+    members = [QuadraticTask(), QuadraticTask(curvature=(1.0, 2.0))]
+    with pytest.raises(ValueError, match=r"task family member 1 \(quadratic\) needs another"):
+        make_meta_trainer(members, PerCoordinateRate(), pes(1, 2, 0.1), schedule=4)

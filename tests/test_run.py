@@ -128,3 +128,21 @@ def test_runs_of_one_task_share_the_tuned_reference_adam(parts, tmp_path, monkey
     # Code with uncommitted changes shares nothing: its results need not match a commit's.
     monkeypatch.setattr(run_reference, "source_commit", lambda: "0123456789ab+")
     assert run_reference.adam_cache_key(parts.task, validation) is None
+
+
+def test_a_task_family_run_resumes_bit_for_bit(parts, tmp_path):
+    family = parts._replace(family=(get_task("mlp_digits", width=12, batch_size=16),))
+    straight = RunSettings(name="family", steps=3, log_every=1, checkpoint_every=1, progress=False)
+    summary = train(straight, family, tmp_path / "straight")
+    assert summary["steps"] == 3
+    first = RunSettings(name="family", steps=2, log_every=1, checkpoint_every=1, progress=False)
+    train(first, family, tmp_path / "resumed")
+    again = RunSettings(
+        name="family", steps=3, log_every=1, checkpoint_every=1, resume=True, progress=False
+    )
+    assert train(again, family, tmp_path / "resumed")["resumed_from_step"] == 2
+    one, other = (read_theta(tmp_path / name / OPTIMIZER_DIR) for name in ("straight", "resumed"))
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(other), strict=True):
+        np.testing.assert_array_equal(a, b)
+    records = [json.loads(line) for line in (tmp_path / "straight/metrics.jsonl").open()]
+    assert len(records) == 3

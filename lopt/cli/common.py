@@ -235,4 +235,22 @@ def build_parts(config: Mapping[str, Any]) -> RunParts:
         objective = as_objective(objective_config)
     except (TypeError, ValueError) as err:
         raise RunError(f"invalid objective {config['objective']}: {err}") from err
-    return RunParts(task, opt, estimator, outer, schedule, objective)
+    return RunParts(task, opt, estimator, outer, schedule, objective, family_members(config))
+
+
+def family_members(config: Mapping[str, Any]) -> tuple:
+    """The tasks of ``task_family``: each entry's options over the ``task`` config's.
+
+    Raises:
+        RunError: an entry that is not a mapping of task options, or a task that cannot be
+            built from them.
+    """
+    members = []
+    for index, entry in enumerate(config.get("task_family") or ()):
+        if not isinstance(entry, Mapping) or not entry:
+            raise RunError(
+                f"task_family[{index}] must be a mapping of task options (e.g. {{width: 64}}), "
+                f"got {entry!r}"
+            )
+        members.append(build_task({**config["task"], **entry}))
+    return tuple(members)

@@ -376,6 +376,9 @@ class TrainConfig:
 
     Attributes:
         task, lopt, estimator, outer_opt, logger: the config groups.
+        task_family: further tasks meta-trained beside ``task``, each a mapping of task
+            options over ``task``'s (e.g. ``[{width: 16}, {width: 64}]``); each member runs
+            its own population of the estimator's size, and validation stays on ``task``.
         objective: the meta-objective; ``max_loss_factor`` sets its divergence bound in
             units of the task's chance-level loss ``ln(classes)`` (null: only non-finite
             losses count as divergence).
@@ -407,6 +410,7 @@ class TrainConfig:
     """
 
     task: Any = MISSING
+    task_family: list[Any] = field(default_factory=list)
     lopt: Any = MISSING
     estimator: Any = MISSING
     outer_opt: Any = MISSING

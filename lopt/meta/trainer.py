@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -11,7 +11,7 @@ import optax
 from jax.sharding import AxisType, Mesh
 
 from lopt.distributed import place
-from lopt.meta.base import Estimator
+from lopt.meta.base import EstimateInfo, Estimator
 from lopt.meta.loop import LoopHooks, Record, last_step_metrics, outer_loop
 from lopt.meta.objective import MetaObjective
 from lopt.meta.outer import clip_by_global_norm as clip_by_global_norm
@@ -73,7 +73,7 @@ class MetaTrainer(NamedTuple):
 
 
 def make_meta_trainer(
-    task: TaskLike,
+    task: TaskLike | Sequence[TaskLike],
     opt: LearnedOptimizerLike,
     estimator: Estimator,
     outer_opt: optax.GradientTransformation | None = None,
@@ -85,8 +85,13 @@ def make_meta_trainer(
 ) -> MetaTrainer:
     """Builds a meta-training run.
 
+    A *task family* (a sequence of tasks of one architecture: other widths, batch sizes or
+    data) trains one theta on all its members: each member runs its own population of the
+    estimator's size, and the meta-gradient is the mean of the members' estimates.
+
     Args:
-        task: the inner task (:class:`~lopt.meta.protocols.TaskLike`).
+        task: the inner task (:class:`~lopt.meta.protocols.TaskLike`), or a family of them
+            whose initial thetas have one structure and shape.
         opt: the learned optimizer (``init_meta``, ``init``, ``update``;
             :class:`~lopt.meta.protocols.LearnedOptimizerLike`).
         estimator: a meta-gradient estimator (:func:`~lopt.meta.pes`,
@@ -102,30 +107,43 @@ def make_meta_trainer(
     Returns:
         A :class:`MetaTrainer`. ``step`` never produces a non-finite theta: a non-finite
         estimate, or an update that would make theta non-finite, leaves theta and the outer
-        state unchanged and reports ``skipped = 1``.
+        state unchanged and reports ``skipped = 1``. For a family, ``unroller`` is the first
+        member's and the estimator's state a tuple of the members' states.
+
+    Raises:
+        ValueError: an empty family, or members whose thetas differ.
     """
     if not isinstance(estimator, Estimator):
         raise TypeError(f"estimator must be an Estimator, got {type(estimator).__name__}")
     check_methods(opt, ("init_meta",), "learned optimizer")
     outer_opt = default_outer_optimizer() if outer_opt is None else outer_opt
-    unroller = make_unroller(task, opt, schedule, objective)
-    init = _state_initializer(unroller, estimator, outer_opt)
-    step = _outer_step(unroller, estimator, outer_opt)
+    # a sequence of tasks, not a task that happens to be a NamedTuple
+    family = isinstance(task, list | tuple) and not hasattr(task, "_fields")
+    members = tuple(task) if family else (task,)
+    if not members:
+        raise ValueError("a task family needs at least one task")
+    unrollers = tuple(make_unroller(member, opt, schedule, objective) for member in members)
+    unroller = unrollers[0]
+    if family:
+        check_one_theta(opt, members)
+    init = _state_initializer(unrollers, estimator, outer_opt, family)
+    step = _outer_step(unrollers, estimator, outer_opt, family)
     if mesh is None:
         jit_init, jit_step, place = jax.jit(init), jax.jit(step), _unchanged
     else:
         jit_init, jit_step, place = _jit_sharded(init, step, estimator, mesh, particle_axis)
+    names = [getattr(member, "name", None) for member in members]
     config = {
         "estimator": estimator.config,
         "schedule": unroller.schedule.config,
         "objective": unroller.objective.config,
         "optimizer": getattr(opt, "config", None),
-        "task": getattr(task, "name", None),
+        "task": names if family else names[0],
     }
     return MetaTrainer(
         init=jit_init,
         step=jit_step,
-        inner_steps_per_step=estimator.inner_steps(unroller),
+        inner_steps_per_step=sum(estimator.inner_steps(u) for u in unrollers),
         unroller=unroller,
         estimator=estimator,
         outer_opt=outer_opt,
@@ -138,38 +156,115 @@ def _unchanged(state: MetaState) -> MetaState:
     return state
 
 
+def check_one_theta(opt: LearnedOptimizerLike, members: Sequence[TaskLike]) -> None:
+    """Checks that every member of a task family gets a theta of the first one's structure
+    and shapes (so one theta trains on all of them).
+
+    Raises:
+        ValueError: naming the first member that does not fit the optimizer or whose theta
+            differs, and how.
+    """
+    key = jax.random.PRNGKey(0)
+    shapes = []
+    for index, member in enumerate(members):
+        try:
+            shapes.append(jax.eval_shape(lambda t=member: initial_theta(opt, t, key)))
+        except ValueError as err:
+            raise ValueError(
+                f"task family member {index} ({getattr(member, 'name', '?')}) does not fit "
+                f"the learned optimizer: {err}"
+            ) from None
+    first = jax.tree_util.tree_flatten_with_path(shapes[0])
+    for index, other in enumerate(shapes[1:], start=1):
+        flat = jax.tree_util.tree_flatten_with_path(other)
+        described = lambda tree: [(jax.tree_util.keystr(p), leaf.shape) for p, leaf in tree[0]]
+        if described(flat) != described(first):
+            differ = sorted(set(described(flat)) ^ set(described(first)))[:4]
+            raise ValueError(
+                f"task family member {index} ({getattr(members[index], 'name', '?')}) needs "
+                f"another theta than member 0: {differ}; a family's tasks share one "
+                "architecture (their permuted axes may differ in length, not their fixed ones)"
+            )
+
+
 def _state_initializer(
-    unroller: Unroller, estimator: Estimator, outer_opt: optax.GradientTransformation
+    unrollers: tuple[Unroller, ...],
+    estimator: Estimator,
+    outer_opt: optax.GradientTransformation,
+    family: bool,
 ) -> Callable[..., MetaState]:
-    """``MetaTrainer.init`` before jit: theta (given, or the optimizer's initial one), the
-    outer optimizer's state, and the estimator's state built on the flat theta."""
+    """``MetaTrainer.init`` before jit: theta (given, or the optimizer's initial one for the
+    first task), the outer optimizer's state, and the estimator's state built on the flat
+    theta (for a family, one per member, each from its own key)."""
 
     def init(key: jax.Array, theta: PyTree | None = None) -> MetaState:
         theta_key, estimator_key = jax.random.split(raw_key(key))
         if theta is None:
-            theta = initial_theta(unroller.opt, unroller.task, theta_key)
-        flat = ravel_theta(theta, unroller)
+            theta = initial_theta(unrollers[0].opt, unrollers[0].task, theta_key)
+        if not family:
+            flat = ravel_theta(theta, unrollers[0])
+            estimator_state = estimator.init(estimator_key, flat.vector, flat.unroller)
+        else:
+            member_keys = jax.random.split(estimator_key, len(unrollers))
+            estimator_state = tuple(
+                estimator.init(member_key, flat.vector, flat.unroller)
+                for member_key, flat in zip(
+                    member_keys, (ravel_theta(theta, u) for u in unrollers), strict=True
+                )
+            )
         return MetaState(
             theta=theta,
             outer_state=outer_opt.init(theta),
-            estimator_state=estimator.init(estimator_key, flat.vector, flat.unroller),
+            estimator_state=estimator_state,
             step=jnp.zeros((), jnp.int32),
         )
 
     return init
 
 
+def _family_estimate(
+    theta: PyTree, states: tuple, unrollers: tuple[Unroller, ...], estimator: Estimator
+) -> tuple[jax.Array, tuple, EstimateInfo]:
+    """The mean of the members' estimates (flat), their next states, and the diagnostics:
+    losses, objective and half-cosine averaged, counts summed."""
+    grads, next_states, infos = [], [], []
+    for unroller, member_state in zip(unrollers, states, strict=True):
+        flat = ravel_theta(theta, unroller)
+        grad, member_state, info = estimator.estimate(flat.vector, member_state, flat.unroller)
+        grads.append(grad)
+        next_states.append(member_state)
+        infos.append(info)
+    mean = lambda values: jnp.mean(jnp.stack(values), axis=0)
+    info = EstimateInfo(
+        meta_loss=mean([i.meta_loss for i in infos]),
+        objective=mean([i.objective for i in infos]),
+        num_episodes_ended=sum(i.num_episodes_ended for i in infos),
+        num_nonfinite=sum(i.num_nonfinite for i in infos),
+        half_cosine=mean([jnp.asarray(i.half_cosine, jnp.float32) for i in infos]),
+    )
+    return mean(grads), tuple(next_states), info
+
+
 def _outer_step(
-    unroller: Unroller, estimator: Estimator, outer_opt: optax.GradientTransformation
+    unrollers: tuple[Unroller, ...],
+    estimator: Estimator,
+    outer_opt: optax.GradientTransformation,
+    family: bool,
 ) -> Callable[[MetaState], tuple[MetaState, dict[str, jax.Array]]]:
-    """``MetaTrainer.step`` before jit: estimate on the flat theta, update theta's pytree,
-    and reject an update that is not finite."""
+    """``MetaTrainer.step`` before jit: estimate on the flat theta (for a family, the mean
+    of its members' estimates), update theta's pytree, and reject an update that is not
+    finite."""
 
     def step(state: MetaState) -> tuple[MetaState, dict[str, jax.Array]]:
-        flat = ravel_theta(state.theta, unroller)
-        flat_grad, estimator_state, info = estimator.estimate(
-            flat.vector, state.estimator_state, flat.unroller
-        )
+        flat = ravel_theta(state.theta, unrollers[0])
+        if family:
+            flat_grad, estimator_state, info = _family_estimate(
+                state.theta, state.estimator_state, unrollers, estimator
+            )
+        else:
+            flat_grad, estimator_state, info = estimator.estimate(
+                flat.vector, state.estimator_state, flat.unroller
+            )
         grad = flat.unravel(flat_grad)
         grad_finite = all_finite(grad)
         safe_grad = tree_select(grad_finite, grad, jax.tree.map(jnp.zeros_like, grad))
@@ -216,11 +311,17 @@ def _jit_sharded(
     # every intermediate's sharding part of its type, so they are used as auto meshes.
     mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * mesh.devices.ndim)
     state_shape = jax.eval_shape(init, jax.random.PRNGKey(0))
+    member_shardings = lambda member: estimator_state_shardings(
+        member, estimator.particle_fields, mesh, axis
+    )
+    estimator_state = state_shape.estimator_state
     state_sharding = MetaState(
         theta=replicated_shardings(state_shape.theta, mesh),
         outer_state=replicated_shardings(state_shape.outer_state, mesh),
-        estimator_state=estimator_state_shardings(
-            state_shape.estimator_state, estimator.particle_fields, mesh, axis
+        estimator_state=(
+            tuple(member_shardings(member) for member in estimator_state)
+            if isinstance(estimator_state, tuple) and not hasattr(estimator_state, "_fields")
+            else member_shardings(estimator_state)
         ),
         step=replicated_shardings(state_shape.step, mesh),
     )

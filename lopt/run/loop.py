@@ -23,7 +23,7 @@ from lopt.run.validation import VALIDATION_KEYS, Validation, validation_record
 def build_trainer(settings: RunSettings, parts: RunParts, mesh: Mesh | None) -> MetaTrainer:
     """The run's meta-trainer, its particle groups split over ``mesh`` (None: one device)."""
     return make_meta_trainer(
-        parts.task,
+        (parts.task, *parts.family) if parts.family else parts.task,
         parts.opt,
         parts.estimator,
         parts.outer_opt,

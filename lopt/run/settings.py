@@ -31,6 +31,9 @@ class RunParts(NamedTuple):
         outer_opt: the optax optimizer of theta.
         schedule: inner-episode lengths.
         objective: the meta-objective.
+        family: further tasks of ``task``'s architecture meta-trained beside it (a task
+            family, :func:`lopt.meta.make_meta_trainer`), each with its own population;
+            validation and the summary are ``task``'s.
     """
 
     task: Any
@@ -39,6 +42,7 @@ class RunParts(NamedTuple):
     outer_opt: optax.GradientTransformation
     schedule: EpisodeSchedule
     objective: MetaObjective
+    family: tuple = ()
 
 
 COUNT_MINIMA: tuple[tuple[str, int], ...] = (
