@@ -381,3 +381,32 @@ def test_one_seed_leaves_standard_errors_undefined(tmp_path):
     assert adam["final_train_loss"]["se"] is None and adam["held_out"]["loss"]["se"] is None
     assert adam["final_train_loss"]["log10_se"] is None
     assert "± —" in (out / "results.md").read_text()
+
+
+def test_an_evaluation_on_a_member_of_the_training_family_says_so(tmp_path):
+    from types import SimpleNamespace
+
+    from lopt.evaluation.evaluate import generalization
+    from lopt.evaluation.loading import read_meta_training
+    from lopt.evaluation.report import generalization_note
+
+    (tmp_path / "run" / "optimizer").mkdir(parents=True)
+    (tmp_path / "run" / "config.yaml").write_text(
+        "task: {_target_: lopt.tasks.mlp_digits, width: 32}\n"
+        "task_family: [{width: 64}, {batch_size: 8}]\n"
+        "schedule: {max_length: 100}\nname: fam\nseed: 0\n"
+    )
+    trained = read_meta_training(tmp_path / "run" / "optimizer")
+    assert trained["family"] == [{"width": 64}, {"batch_size": 8}]
+    result = lambda width: SimpleNamespace(
+        task_name="mlp_digits",
+        task_config={"width": width},
+        settings=SimpleNamespace(num_steps=200),
+    )
+    member = generalization(result(64), trained)
+    assert member["family_member"] and member["task_changes"] == {"width": [32, 64]}
+    assert not generalization(result(128), trained)["family_member"]
+    entry = {"generalization": member, "meta_training": trained}
+    note = generalization_note("unf", entry)
+    assert "task family members {width: 64}, {batch_size: 8}" in note
+    assert "this task is one of them" in note

@@ -270,8 +270,9 @@ def generalization(result: EvalResult, meta_training: dict | None) -> dict | Non
 
     Returns:
         ``{"task_changes": {option: [meta-trained, evaluated]}, "same_task": bool,
-        "horizon_ratio": evaluated steps / meta-training horizon (None if unknown)}``, or
-        None when the meta-training setup is unknown.
+        "family_member": bool (the evaluated task is one of a task family's further members
+        it was meta-trained on), "horizon_ratio": evaluated steps / meta-training horizon
+        (None if unknown)}``, or None when the meta-training setup is unknown.
     """
     if not meta_training:
         return None
@@ -284,9 +285,13 @@ def generalization(result: EvalResult, meta_training: dict | None) -> dict | Non
     }
     horizon = meta_training.get("horizon")
     ratio = result.settings.num_steps / horizon if isinstance(horizon, int) and horizon else None
+    members = [{**trained_config, **options} for options in meta_training.get("family") or ()]
+    evaluated = {k: v for k, v in result.task_config.items() if k != "name"}
     return {
         "same_task": trained.get("name") == result.task_name,
         "task_changes": changes,
+        "family_member": trained.get("name") == result.task_name
+        and any(all(m.get(k) == v for k, v in evaluated.items() if k in m) for m in members),
         "horizon_ratio": ratio,
     }
 

@@ -65,8 +65,9 @@ def read_meta_training(directory: str | os.PathLike) -> dict | None:
     Reads ``config.yaml`` of the saved directory's parent (the run directory).
 
     Returns:
-        ``{"run_dir", "name" (the run's name), "task" (name and sizes), "horizon" (longest
-        inner episode), "seed"}``, or None when there is no readable run config.
+        ``{"run_dir", "name" (the run's name), "task" (name and sizes), "family" (the task
+        options of its task family's further members, if any), "horizon" (longest inner
+        episode), "seed"}``, or None when there is no readable run config.
     """
     path = Path(directory).resolve().parent / RUN_CONFIG_FILE
     if not path.is_file():
@@ -84,6 +85,7 @@ def read_meta_training(directory: str | os.PathLike) -> dict | None:
         "run_dir": str(path.parent),
         "name": config.get("name"),
         "task": {"name": target.rsplit(".", 1)[-1] or None, "config": task},
+        "family": [dict(m) for m in config.get("task_family") or () if isinstance(m, dict)],
         "horizon": schedule.get("max_length"),
         "seed": config.get("seed"),
     }

@@ -358,7 +358,7 @@ def markdown_table(summary: dict) -> str:
     """The Markdown report of :func:`summarize_result`'s output."""
     lines = _introduction(summary) + _results_table(summary)
     notes = [
-        _generalization_note(label, entry)
+        generalization_note(label, entry)
         for label, entry in summary["optimizers"].items()
         if entry.get("generalization")
     ]
@@ -378,13 +378,28 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _generalization_note(label: str, entry: dict) -> str:
+def generalization_note(label: str, entry: dict) -> str:
+    """One line of the report: how an optimizer's evaluation differs from its meta-training
+    (another task, changed sizes, its task family, the horizon ratio).
+
+    Args:
+        label: the optimizer's label.
+        entry: its entry of ``results.json`` (``generalization`` and ``meta_training``).
+    """
     general, trained = entry["generalization"], entry["meta_training"]
     parts = []
     if not general["same_task"]:
         parts.append(f"meta-trained on `{trained['task']['name']}`")
     for key, (before, after) in general["task_changes"].items():
         parts.append(f"{key} {before} → {after}")
+    family = trained.get("family") or []
+    if family:
+        members = ", ".join(
+            "{" + ", ".join(f"{k}: {v}" for k, v in m.items()) + "}" for m in family
+        )
+        parts.append(f"meta-trained with task family members {members}")
+    if general.get("family_member"):
+        parts.append("this task is one of them")
     if general["horizon_ratio"] is not None:
         parts.append(f"horizon {general['horizon_ratio']:.3g}× the meta-training horizon")
     return f"- {label}: " + ("; ".join(parts) if parts else "same task as meta-training")
