@@ -296,11 +296,16 @@ def test_cli_writes_figure_json_and_table(tmp_path, tiny_task):
         "baselines.adam.learning_rates=[0.001,0.01]",
         "baselines.adam_cosine.learning_rates=[0.01,0.03]",
         "max_grid_extensions=0",
+        "tasks=[{width: 12}]",
         f"out_dir={out}",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A further task in the same call: its own outputs, its own sizes.
+    wider = json.loads((out / "width=12" / "results.json").read_text())
+    assert wider["task"]["config"]["width"] == 12
+    assert list(wider["optimizers"]) == ["tiny_unf", "sgdm", "adam", "adam_cosine"]
     summary = json.loads((out / "results.json").read_text())
     assert list(summary["optimizers"]) == ["tiny_unf", "sgdm", "adam", "adam_cosine"]
     cosine = summary["optimizers"]["adam_cosine"]["config"]
@@ -410,3 +415,20 @@ def test_an_evaluation_on_a_member_of_the_training_family_says_so(tmp_path):
     note = generalization_note("unf", entry)
     assert "task family members {width: 64}, {batch_size: 8}" in note
     assert "this task is one of them" in note
+
+
+def test_further_tasks_get_their_own_directories_and_bad_entries_are_named(tmp_path):
+    from lopt.cli.eval import EvalConfigError, evaluated_tasks
+
+    config = {"task": {"_target_": "lopt.tasks.mlp_digits", "width": 32}}
+    config["tasks"] = [{"width": 64}, {"width": 16, "batch_size": 8}]
+    found = evaluated_tasks(config, tmp_path)
+    assert [d.relative_to(tmp_path).as_posix() for d, _ in found] == [
+        ".",
+        "width=64",
+        "width=16,batch_size=8",
+    ]
+    assert found[2][1] == {"_target_": "lopt.tasks.mlp_digits", "width": 16, "batch_size": 8}
+    for bad, message in (([3], r"tasks\[0\] must be a mapping"), ([{"width": 8}] * 2, "twice")):
+        with pytest.raises(EvalConfigError, match=message):
+            evaluated_tasks({**config, "tasks": bad}, tmp_path)

@@ -82,6 +82,9 @@ class EvalConfig:
 
     Attributes:
         task: the ``task`` config group (``_target_`` and the task's sizes).
+        tasks: further tasks evaluated in the same call, each a mapping of task options over
+            ``task``'s (e.g. ``[{width: 64}, {batch_size: 32}]``); each one's outputs go to
+            ``out_dir/<its options>/``, ``task``'s to ``out_dir``.
         optimizers: saved-optimizer or run directories.
         labels: display names, one per optimizer (None: directory names).
         num_seeds: evaluation runs per optimizer.
@@ -99,6 +102,7 @@ class EvalConfig:
     """
 
     task: Any = MISSING
+    tasks: list[Any] = field(default_factory=list)
     optimizers: list[str] = field(default_factory=list)
     labels: list[str] | None = None
     num_seeds: int = DEFAULTS.num_seeds
@@ -163,10 +167,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
     """Runs the evaluation ``cfg`` describes and writes its outputs into ``out_dir``.
 
     Returns:
-        The written files (see :func:`lopt.evaluation.write_outputs`).
+        The files written for ``task`` (see :func:`lopt.evaluation.write_outputs`); those of
+        the further ``tasks`` go to their own directories under ``out_dir``.
 
     Raises:
-        RunError: the task cannot be built.
+        RunError: a task cannot be built.
         OptimizerLoadError: an optimizer is missing, unreadable or does not fit the task.
         EvalConfigError: inconsistent settings.
     """
@@ -192,19 +197,50 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict[str, Path]:
             "stored as null, and the paired tests have no p-value",
             settings.num_seeds,
         )
-    task = build_task(config["task"])
-    log.info("task %s %s", task.name, dict(task.config))
-    trained = [
-        load_for_task(path, task, None if labels is None else labels[index])
-        for index, path in enumerate(paths)
-    ]
+    # Every task is built and every optimizer loaded before anything is written.
+    evaluations = []
+    for directory, options in evaluated_tasks(config, Path(out_dir)):
+        task = build_task(options)
+        log.info("task %s %s", task.name, dict(task.config))
+        trained = [
+            load_for_task(path, task, None if labels is None else labels[index])
+            for index, path in enumerate(paths)
+        ]
+        evaluations.append((directory, task, trained))
     rundir.accept(out_dir, cfg)
-    result = evaluate(task, trained, settings, log=log.info)
-    written = write_outputs(result, out_dir, log_y=config["log_y"], smoothing=config["smoothing"])
-    log.info("results:\n%s", written["markdown"].read_text())
-    for kind, path in written.items():
-        log.info("%s: %s", kind, path)
+    written: dict[str, Path] = {}
+    for directory, task, trained in evaluations:
+        result = evaluate(task, trained, settings, log=log.info)
+        outputs = write_outputs(
+            result, directory, log_y=config["log_y"], smoothing=config["smoothing"]
+        )
+        log.info("results on %s:\n%s", directory, outputs["markdown"].read_text())
+        for kind, path in outputs.items():
+            log.info("%s: %s", kind, path)
+        written = written or outputs
     return written
+
+
+def evaluated_tasks(config: dict, out_dir: Path) -> list[tuple[Path, dict]]:
+    """``(output directory, task config)`` of ``task`` and of each entry of ``tasks``.
+
+    Raises:
+        EvalConfigError: an entry of ``tasks`` that is not a non-empty mapping, or two
+            entries with the same options.
+    """
+    found = [(out_dir, config["task"])]
+    for index, entry in enumerate(config.get("tasks") or ()):
+        if not isinstance(entry, dict) or not entry:
+            raise EvalConfigError(
+                f"tasks[{index}] must be a mapping of task options (e.g. {{width: 64}}), got "
+                f"{entry!r}"
+            )
+        name = ",".join(f"{key}={value}" for key, value in entry.items())
+        name = "".join(c if c.isalnum() or c in "=,._-" else "_" for c in name)
+        if any(directory.name == name for directory, _ in found[1:]):
+            raise EvalConfigError(f"tasks lists {entry} twice")
+        found.append((out_dir / name, {**config["task"], **entry}))
+    return found
 
 
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="eval")
