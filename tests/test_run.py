@@ -146,3 +146,14 @@ def test_a_task_family_run_resumes_bit_for_bit(parts, tmp_path):
         np.testing.assert_array_equal(a, b)
     records = [json.loads(line) for line in (tmp_path / "straight/metrics.jsonl").open()]
     assert len(records) == 3
+
+
+def test_a_setting_added_since_the_checkpoint_and_left_empty_does_not_block_resume():
+    from lopt.run.resume import check_compatible
+
+    saved = {"steps": 10, "validation": {"every": 5}, "task": {"width": 8}}
+    check_compatible(saved, {**saved, "task_family": [], "validation": {"every": 5, "x": None}})
+    with pytest.raises(RunError, match=r"task_family: \(absent\) -> \[\{'width': 16\}\]"):
+        check_compatible(saved, {**saved, "task_family": [{"width": 16}]})
+    with pytest.raises(RunError, match=r"task.width: 8 -> 9"):
+        check_compatible(saved, {**saved, "task": {"width": 9}})

@@ -34,6 +34,9 @@ RUN_CONTROL_KEYS = (
 )
 """Top-level keys of a record a resumed run may change: they do not affect the trajectory."""
 
+EMPTY = (None, [], {})
+"""Values of a setting that leave a run as it was without the setting."""
+
 SINGLE_DEVICE = {"devices": 1, "processes": 1}
 """The topology of checkpoints that record none (written before runs could use a mesh)."""
 
@@ -53,6 +56,18 @@ def topology(mesh: Mesh | None) -> dict[str, int]:
     return {"devices": int(mesh.devices.size), "processes": len(processes)}
 
 
+def without_new_empty(saved: Any, current: Any) -> Any:
+    """``current`` without the keys (at any depth) that ``saved`` lacks and that hold an
+    :data:`EMPTY` value."""
+    if not isinstance(saved, Mapping) or not isinstance(current, Mapping):
+        return current
+    return {
+        key: without_new_empty(saved[key], value) if key in saved else value
+        for key, value in current.items()
+        if key in saved or value not in EMPTY
+    }
+
+
 def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
     """Refuses to resume with a record that describes another trajectory.
 
@@ -60,11 +75,15 @@ def check_compatible(saved: Mapping[str, Any], current: Mapping[str, Any]) -> No
         saved: the checkpoint's record.
         current: this run's record.
 
+    A key the checkpoint's record lacks is no difference while this run leaves it empty
+    (``None``, ``[]`` or ``{}``): a setting added to the configs after the checkpoint was
+    written, left at its default, which changes nothing (``task_family: []``).
+
     Raises:
         RunError: the records differ in a key other than :data:`RUN_CONTROL_KEYS`.
     """
     strip = lambda c: {k: v for k, v in c.items() if k not in RUN_CONTROL_KEYS}
-    differences = config_differences(strip(saved), strip(current))
+    differences = config_differences(strip(saved), strip(without_new_empty(saved, current)))
     if differences:
         listed = "\n  ".join(differences)
         raise RunError(
