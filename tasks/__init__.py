@@ -18,6 +18,7 @@ from .base import (
     make_task,
     text_sampler,
     warp_images,
+    with_param_scale,
 )
 from .data import DatasetNotPreparedError, area_resize, prepare_instructions
 from .models import CNN, MLP, RNNLM, TransformerBlock, TransformerLM, identity_init
@@ -79,4 +80,5 @@ __all__ = [
     "transformer_lm1b",
     "transformer_text",
     "warp_images",
+    "with_param_scale",
 ]

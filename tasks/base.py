@@ -76,6 +76,9 @@ class Task:
         example_inputs: a one-example input batch (shape and dtype for ``init``).
         batch_size: examples (sequences) per batch.
         config: JSON-serialisable description (name and size options) for logging.
+        param_scale: a reparametrisation: the params held (and trained) are the model's
+            divided by it, so the same function has params ``param_scale`` times smaller and
+            gradients ``param_scale`` times larger (:func:`with_param_scale`; 1: none).
     """
 
     name: str
@@ -88,10 +91,18 @@ class Task:
     example_inputs: jax.ShapeDtypeStruct
     batch_size: int
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    param_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {self.batch_size!r}")
+        scale = self.param_scale
+        if (
+            isinstance(scale, bool)
+            or not isinstance(scale, int | float)
+            or not 0 < scale < math.inf
+        ):
+            raise ValueError(f"param_scale must be a positive finite number, got {scale!r}")
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         fields.pop("data")
         object.__setattr__(self, "_static", _StaticFields(fields))
@@ -113,10 +124,15 @@ class Task:
     def init(self, key: jax.Array) -> PyTree:
         """Samples initial params (the flax ``"params"`` collection) from ``key``."""
         inputs = jnp.zeros(self.example_inputs.shape, self.example_inputs.dtype)
-        return self.model.init(key, inputs)["params"]
+        params = self.model.init(key, inputs)["params"]
+        if self.param_scale == 1.0:
+            return params
+        return jax.tree_util.tree_map(lambda p: p / self.param_scale, params)
 
     def apply(self, params: PyTree, inputs: jax.Array) -> jax.Array:
         """Logits of the model: ``(B, classes)`` or ``(B, T, vocab)``."""
+        if self.param_scale != 1.0:
+            params = jax.tree_util.tree_map(lambda p: p * self.param_scale, params)
         return self.model.apply({"params": params}, inputs)
 
     def loss(self, params: PyTree, batch: Batch) -> jax.Array:
@@ -158,6 +174,24 @@ class Task:
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, batch_size={self.batch_size}, config={dict(self.config)})"
+
+
+def with_param_scale(task: Task, scale: float) -> Task:
+    """``task`` reparametrised by ``scale`` (its ``param_scale`` set to it): params ``scale``
+    times smaller, gradients ``scale`` times larger, the same function and data (the scale in
+    its config unless 1). A task family of
+    scales (``task_family=[{param_scale: 100}, ...]``) asks a learned optimizer for the scale
+    invariance Adam has and SGD lacks.
+
+    Raises:
+        ValueError: a scale that is not a positive finite number.
+    """
+    config = dict(task.config)
+    if scale == 1.0:
+        config.pop("param_scale", None)
+    else:
+        config["param_scale"] = float(scale)
+    return dataclasses.replace(task, param_scale=scale, config=config)
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array) -> jax.Array:

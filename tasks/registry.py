@@ -47,6 +47,7 @@ from .base import (
     language_model_metrics,
     make_task,
     text_sampler,
+    with_param_scale,
 )
 from .data import Splits
 from .models import CNN, MLP, RNNLM, TransformerLM
@@ -384,8 +385,9 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str, **options) -> Task:
-    """Builds the task ``name`` with size ``options`` (keyword arguments of its factory).
+def get_task(name: str, param_scale: float = 1.0, **options) -> Task:
+    """Builds the task ``name`` with size ``options`` (keyword arguments of its factory),
+    reparametrised by ``param_scale`` (:func:`~lopt.tasks.with_param_scale`; every task).
 
     Raises:
         ValueError: unknown task name.
@@ -401,4 +403,5 @@ def get_task(name: str, **options) -> Task:
         raise TypeError(
             f"task {name!r} does not take options {unknown}; its options are {list(accepted)}"
         )
-    return factory(**options)
+    task = factory(**options)
+    return task if param_scale == 1.0 else with_param_scale(task, param_scale)

@@ -110,6 +110,10 @@ def test_a_task_family_builds_its_members_from_the_task_config():
     parts = build_parts(config)
     assert [m.config["width"] for m in parts.family] == [16, parts.task.config["width"]]
     assert parts.family[1].config["batch_size"] == 8
+    scaled = build_parts(composed(["experiment=smoke", "task_family=[{param_scale: 10.0}]"]))
+    assert scaled.family[0].param_scale == 10.0 and scaled.task.param_scale == 1.0
+    with pytest.raises(RunError, match="param_scale must be a positive finite number"):
+        build_parts(composed(["experiment=smoke", "task.param_scale=0"]))
     for bad, message in (("[3]", "task_family.0. must be a mapping"), ("[{widht: 3}]", "widht")):
         with pytest.raises(RunError, match=message):
             build_parts(composed(["experiment=smoke", f"task_family={bad}"]))

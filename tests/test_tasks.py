@@ -11,6 +11,7 @@ import numpy as np
 import optax
 import pytest
 
+import lopt.tasks as tasks
 from lopt.nf import spec as nfspec
 from lopt.tasks import (
     EMBEDDED_TASKS,
@@ -340,3 +341,23 @@ def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
     # Two independent runs (vmapped over keys) both learn.
     assert bool(jnp.all(after["loss"] < before["loss"] - 0.15)), (before, after)
     assert not np.allclose(after["loss"][0], after["loss"][1])
+
+
+def test_param_scale_keeps_the_function_and_scales_params_and_gradients():
+    base = tasks.get_task("mlp_digits", width=8)
+    scaled = tasks.get_task("mlp_digits", width=8, param_scale=100.0)
+    key, batch = jax.random.key(0), base.batch(jax.random.key(1))
+    params, scaled_params = base.init(key), scaled.init(key)
+    for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(scaled_params), strict=True):
+        np.testing.assert_allclose(np.asarray(q) * 100.0, np.asarray(p), rtol=1e-6)
+    np.testing.assert_allclose(scaled.loss(scaled_params, batch), base.loss(params, batch), 1e-5)
+    grads = jax.grad(base.loss)(params, batch)
+    scaled_grads = jax.grad(scaled.loss)(scaled_params, batch)
+    for g, h in zip(jax.tree.leaves(grads), jax.tree.leaves(scaled_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(h), 100.0 * np.asarray(g), rtol=1e-4, atol=1e-6)
+    assert scaled.config["param_scale"] == 100.0 and "param_scale" not in base.config
+    assert scaled.spec == base.spec
+    assert "param_scale" not in tasks.with_param_scale(scaled, 1.0).config
+    for bad in (0.0, -1.0, float("inf"), True):
+        with pytest.raises(ValueError, match="param_scale must be a positive finite number"):
+            tasks.with_param_scale(base, bad)

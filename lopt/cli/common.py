@@ -24,6 +24,7 @@ from lopt.persistence import write_text as write_text
 from lopt.provenance import environment
 from lopt.run import RunError as RunError  # the tools import it from here
 from lopt.run import RunParts
+from lopt.tasks import with_param_scale
 
 OUTER_OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -201,8 +202,17 @@ def _build(section: str, config: Mapping[str, Any], /, **extra: Any) -> Any:
 
 
 def build_task(config: Mapping[str, Any]) -> Any:
-    """The task of a resolved ``task`` config."""
-    return _build("task", config)
+    """The task of a resolved ``task`` config; its ``param_scale`` (every task has it; null:
+    none) reparametrises it (:func:`lopt.tasks.with_param_scale`)."""
+    options = dict(config)
+    scale = options.pop("param_scale", None)
+    task = _build("task", options)
+    if scale is None:
+        return task
+    try:
+        return with_param_scale(task, scale)
+    except ValueError as err:
+        raise RunError(f"invalid task option: {err}") from err
 
 
 def build_logger(config: Mapping[str, Any], /, **context: Any) -> Any:

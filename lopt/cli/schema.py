@@ -68,6 +68,7 @@ def options_schema(
     target: str | None = None,
     name: str | None = None,
     exclude: Sequence[str] = (),
+    extra: Sequence[tuple[str, Any, dataclasses.Field]] = (),
 ) -> type:
     """The structured config of ``factory``'s options, with their types and defaults.
 
@@ -78,6 +79,7 @@ def options_schema(
         target: the ``_target_`` the options are passed to (``reference`` if None).
         name: a ``name`` field's default, for a target that builds by name.
         exclude: parameters that are no options (set by the caller, not by a config).
+        extra: fields after the options, for what the caller handles itself.
 
     Returns:
         A dataclass: ``_target_``, ``name`` if given, then the options in signature order.
@@ -87,6 +89,7 @@ def options_schema(
     if name is not None:
         fields.append(("name", str, field(default=name)))
     fields += [_field(option) for option in options if option.name not in exclude]
+    fields += list(extra)
     schema = dataclasses.make_dataclass(class_name, fields)
     schema.__module__ = __name__
     summary = (inspect.getdoc(factory) or "").split("\n")[0].rstrip(".")
@@ -136,9 +139,15 @@ def task_schema(class_name: str, task: str) -> type:
 
     The factory's signature (:func:`lopt.tasks.task_factory`) is the one place a task's
     options and defaults are defined; the config files of the ``task`` group only name the
-    schema.
+    schema. Every task also takes ``param_scale`` (null: none;
+    :func:`lopt.tasks.with_param_scale`).
     """
-    return options_schema(class_name, task_factory(task), f"lopt.tasks.{task}")
+    return options_schema(
+        class_name,
+        task_factory(task),
+        f"lopt.tasks.{task}",
+        extra=(("param_scale", float | None, field(default=None)),),
+    )
 
 
 def learned_schema(class_name: str, factory: Callable[..., Any], name: str) -> type:
