@@ -174,12 +174,15 @@ def check_one_theta(opt: LearnedOptimizerLike, members: Sequence[TaskLike]) -> N
                 f"task family member {index} ({getattr(member, 'name', '?')}) does not fit "
                 f"the learned optimizer: {err}"
             ) from None
-    first = jax.tree_util.tree_flatten_with_path(shapes[0])
+    described = lambda tree: [
+        (jax.tree_util.keystr(path), leaf.shape)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+    first = described(shapes[0])
     for index, other in enumerate(shapes[1:], start=1):
-        flat = jax.tree_util.tree_flatten_with_path(other)
-        described = lambda tree: [(jax.tree_util.keystr(p), leaf.shape) for p, leaf in tree[0]]
-        if described(flat) != described(first):
-            differ = sorted(set(described(flat)) ^ set(described(first)))[:4]
+        leaves = described(other)
+        if leaves != first:
+            differ = sorted(set(leaves) ^ set(first))[:4]
             raise ValueError(
                 f"task family member {index} ({getattr(members[index], 'name', '?')}) needs "
                 f"another theta than member 0: {differ}; a family's tasks share one "
