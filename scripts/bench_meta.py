@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-import lopt.cli.schema  # noqa: F401  (registers the configs' schemas)
+import lopt.cli.schema
 import lopt.learned as learned
 import lopt.meta as meta
 import lopt.tasks as tasks
@@ -285,6 +285,7 @@ def shipped_validation(task_name: str, args) -> ValidationCost:
     each entry replaced by its ``--val-*`` option when given."""
     every, seeds, steps, sweep = 100, 4, 2000, 8
     if task_name in SHIPPED:
+        lopt.cli.schema.register_configs()
         with hydra.initialize_config_module("lopt.configs", version_base="1.3"):
             cfg = hydra.compose("train", overrides=[f"experiment={SHIPPED[task_name]}"])
         validation = cfg.validation

@@ -40,6 +40,10 @@ def pytest_configure(config):
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     # Validation's shared reference Adams: per test run too, never the user's own.
     os.environ["LOPT_REFERENCE_CACHE_DIR"] = str(directory / "references")
+    # The tests compose the tools' configs themselves, as their entry points do after this.
+    from lopt.cli.eval import register_configs
+
+    register_configs()
 
 
 def pytest_unconfigure(config):

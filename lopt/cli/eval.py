@@ -26,7 +26,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig
 
-from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
+from lopt.cli import help as cli_help
 from lopt.cli import rundir, schema
 from lopt.cli.common import RunError, build_task, enable_compilation_cache, to_container
 from lopt.evaluation import (
@@ -122,12 +122,12 @@ class EvalConfig:
 
 
 def register_configs() -> None:
-    """Registers :class:`EvalConfig` as ``eval_schema`` (and the task schemas); idempotent."""
+    """Registers :class:`EvalConfig` as ``eval_schema``, the training schemas (the task
+    schemas among them) and the ``--help`` resolver; idempotent. Every tool's configs compose
+    once it has run."""
     schema.register_configs()
+    cli_help.register_help_resolver()
     ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
-
-
-register_configs()
 
 
 class EvalConfigError(ValueError):
@@ -243,9 +243,15 @@ def evaluated_tasks(config: dict, out_dir: Path) -> list[tuple[Path, dict]]:
     return found
 
 
+def main() -> None:
+    """Entry point of ``lopt-eval``: registers the configs, then Hydra composes and runs."""
+    register_configs()
+    evaluate_from_config()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    """Entry point of ``lopt-eval``."""
+def evaluate_from_config(cfg: DictConfig) -> None:
+    """The evaluation of the composed config (Hydra's task function)."""
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     logging.getLogger("jax").setLevel(logging.WARNING)  # backend-probing noise
     enable_compilation_cache(cfg.compilation_cache)

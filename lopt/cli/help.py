@@ -50,6 +50,3 @@ def register_help_resolver() -> None:
     """Makes ``${lopt_config_groups:group,...}`` available to config files; idempotent."""
     if not OmegaConf.has_resolver(RESOLVER):
         OmegaConf.register_new_resolver(RESOLVER, config_groups)
-
-
-register_help_resolver()

@@ -32,7 +32,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
+from lopt.cli import help as cli_help
 from lopt.cli.common import (
     finish_context,
     run_in_output_dir,
@@ -174,9 +174,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return train(cfg, run_dir) if cfg.mode == "train" else score(cfg, run_dir)
 
 
+def main() -> None:
+    """Entry point of ``lopt-predict``: registers the ``--help`` resolver, then Hydra composes
+    and runs."""
+    cli_help.register_help_resolver()
+    run_from_config()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="predict")
-def main(cfg: DictConfig) -> float | None:
-    """Entry point of ``lopt-predict``."""
+def run_from_config(cfg: DictConfig) -> float | None:
+    """The run of the composed config (Hydra's task function)."""
     errors = (ZooFormatError, SavedPredictorError, FileNotFoundError, ValueError)
     summary = run_in_output_dir("lopt-predict", run, cfg, errors)
     return summary.get("kendall_tau")

@@ -502,7 +502,11 @@ def unknown_keys(cfg: Any, prefix: str = "") -> list[str]:
 
 
 def register_configs() -> None:
-    """Registers every schema (and the ``pairs`` resolver) with Hydra; idempotent."""
+    """Registers every schema (and the ``pairs`` resolver) with Hydra; idempotent.
+
+    ``lopt-train`` calls it before Hydra composes; a program composing the ``train`` config
+    itself (``hydra.compose``) calls it first.
+    """
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for group, kinds in SCHEMAS.items():
@@ -510,6 +514,3 @@ def register_configs() -> None:
             store.store(group=f"schema/{group}", name=kind, node=node)
     if not OmegaConf.has_resolver("pairs"):
         OmegaConf.register_new_resolver("pairs", _pairs)
-
-
-register_configs()

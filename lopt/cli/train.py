@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lopt import run
 from lopt.checkpoint import CheckpointError
-from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
+from lopt.cli import help as cli_help
 from lopt.cli import rundir, schema
 from lopt.cli.common import (
     RunError,
@@ -139,10 +139,17 @@ def _interrupt(number: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def main() -> None:
+    """Entry point of ``lopt-train``: registers the configs, then Hydra composes and runs."""
+    schema.register_configs()
+    cli_help.register_help_resolver()
+    train_from_config()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Entry point of ``lopt-train``; returns what a sweeper should minimise: the best
-    validation loss, or the final meta-loss when validation is off."""
+def train_from_config(cfg: DictConfig) -> float | None:
+    """The run of the composed config (Hydra's task function); returns what a sweeper should
+    minimise: the best validation loss, or the final meta-loss when validation is off."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     for noisy in ("jax", "absl"):  # Hydra logs INFO to the console; these are not for users
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ import numpy as np
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from lopt.cli import help as cli_help  # noqa: F401  (registers the resolver of --help)
+from lopt.cli import help as cli_help
 from lopt.cli.common import (
     finish_context,
     run_in_output_dir,
@@ -93,9 +93,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def main() -> None:
+    """Entry point of ``lopt-zoo``: registers the ``--help`` resolver, then Hydra composes
+    and runs."""
+    cli_help.register_help_resolver()
+    run_from_config()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://lopt.configs", config_name="zoo")
-def main(cfg: DictConfig) -> None:
-    """Entry point of ``lopt-zoo``."""
+def run_from_config(cfg: DictConfig) -> None:
+    """The run of the composed config (Hydra's task function)."""
     run_in_output_dir("lopt-zoo", run, cfg, (ZooFormatError, ValueError))
 
 
