@@ -177,6 +177,54 @@ def test_adam_base_with_a_zero_last_layer_is_optax_adam_step_by_step(backbone):
     assert not np.allclose(jax.tree.leaves(moved[-1])[0], jax.tree.leaves(ours[-1])[0])
 
 
+@pytest.mark.parametrize("num_steps", [8, 40, 2000, 2001])
+def test_warmup_cosine_factor_is_optaxs_schedule_at_every_count(num_steps):
+    fraction = 0.05
+    warmup = round(fraction * num_steps)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, num_steps, end_value=0.0)
+    counts = np.arange(0, 2 * num_steps, max(1, num_steps // 97))
+    factor = jax.jit(jax.vmap(L.baselines.warmup_cosine_factor, (0, None, None)), static_argnums=2)
+    ours = factor(jnp.asarray(counts), jnp.asarray(num_steps), fraction)
+    theirs = [float(schedule(c + (1 if warmup else 0))) for c in counts]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_warmup_cosine_schedule_on_the_adam_base_is_adam_cosine_step_by_step():
+    steps = 40  # warmup 2 steps: the ramp, the peak and the decay all within the run
+    opt = L.make_optimizer(
+        "deepsets", MLP_SPEC, alpha=0.02, base="adam", zero_output=True, schedule="warmup_cosine"
+    )
+    assert opt.needs_num_steps and opt.config["schedule"] == "warmup_cosine"
+    theta = opt.init_meta(jax.random.key(0))
+    alpha, _, gamma0 = L.meta_parameters(theta)
+    baseline = L.make_optimizer(
+        "adam_cosine", None, learning_rate=float(alpha), b1=float(gamma0), total_steps=steps
+    )
+    base_theta = baseline.init_meta(jax.random.key(0))
+    params = mlp_params()
+    with pytest.raises(ValueError, match="num_steps"):
+        opt.init(params)
+    ours = run_steps(
+        jax.jit(lambda g, s, p: opt.update(theta, g, s, p)),
+        opt.init(params, num_steps=steps),
+        params,
+        steps,
+    )
+    theirs = run_steps(
+        jax.jit(lambda g, s, p: baseline.update(base_theta, g, s, p)),
+        baseline.init(params),
+        params,
+        steps,
+    )
+    for a, b in zip(ours, theirs, strict=True):  # the rate's product rounds in another order
+        assert_trees_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_trees_close(ours[-1], ours[-2], rtol=0, atol=0)  # the last step's factor is 0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        L.make_optimizer("unf", MLP_SPEC, schedule="cosine")
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        L.make_optimizer("unf", MLP_SPEC, schedule="warmup_cosine", warmup_fraction=1.0)
+
+
 def first_step(opt, theta, params, count=0):
     """The update of a fresh state whose step count is ``count``."""
     grads = jax.grad(mlp_loss)(params, data(jax.random.key(1)))
@@ -496,6 +544,8 @@ def test_config_rebuilds_the_optimizer():
         "zero_output": False,
         "time": "absolute",
         "normalize_output": False,
+        "schedule": "constant",
+        "warmup_fraction": 0.05,
     }
     again = L.optimizer_from_config(opt.config, MLP_SPEC)
     assert again.config == opt.config

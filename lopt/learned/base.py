@@ -39,7 +39,8 @@ class LearnedOptimizer(NamedTuple):
             network's size depends on tensor shapes (axes a spec never permutes).
         init: ``init(params, num_steps=None) -> state``, the inner optimizer state (a
             NamedTuple); ``num_steps`` is the run's length, required where
-            ``needs_num_steps`` (a rule that reads the fraction of the run done).
+            ``needs_num_steps`` (a rule that reads the fraction of the run done or follows a
+            schedule over it).
         update: ``update(theta, grads, state, params, loss=None) -> (updates, state)``;
             add the updates with ``optax.apply_updates``.
         config: JSON-serialisable ``{"name": ..., **hyperparameters}``; together with a

@@ -35,6 +35,34 @@ ADAM_DEFAULTS = {"learning_rate": 1e-3, "b1": 0.9, "b2": 0.999, "eps": 1e-8}
 COSINE_DEFAULTS = {"warmup_fraction": 0.05}
 
 
+def warmup_cosine_factor(
+    count: jax.Array | int, num_steps: jax.Array | int, warmup_fraction: float
+) -> jax.Array:
+    """The warmup-cosine multiplier of a step size after ``count`` updates of a
+    ``num_steps``-update run, with both counts allowed to be traced values.
+
+    Equal to ``optax.warmup_cosine_decay_schedule(0, 1, warmup, num_steps)`` at ``count + 1``
+    (``count`` when there is no warmup), ``warmup = round(warmup_fraction * num_steps)``: the
+    factor :func:`make_adam_cosine` applies, for rules that learn the run's length only at
+    ``init``.
+
+    Args:
+        count: updates applied so far, int scalar.
+        num_steps: the run's length in updates, int scalar (positive).
+        warmup_fraction: fraction of the run spent ramping up linearly from zero, in ``[0, 1)``.
+
+    Returns:
+        float32 scalar in ``[0, 1]``.
+    """
+    total = jnp.asarray(num_steps, jnp.float32)
+    warmup = jnp.round(jnp.float32(warmup_fraction) * total)
+    step = jnp.asarray(count, jnp.float32) + (warmup > 0)
+    ramp = step / jnp.maximum(warmup, 1.0)
+    done = jnp.clip((step - warmup) / jnp.maximum(total - warmup, 1.0), 0.0, 1.0)
+    cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * done))
+    return jnp.where(step < warmup, ramp, cosine)
+
+
 class SGDMState(NamedTuple):
     """State of momentum SGD: update count and momentum ``m ← μ m + g``."""
 

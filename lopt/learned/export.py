@@ -34,7 +34,7 @@ def as_optax(
         opt: a learned optimizer (built for the spec of the params it will see).
         theta: its meta-parameters.
         num_steps: the length of the run it will take, in updates, as a schedule is given
-            one. Required by a rule that reads the fraction of the run done
+            one. Required by a rule that follows the run's progress
             (``opt.needs_num_steps``); ignored by the others.
 
     Returns:
@@ -51,7 +51,7 @@ def as_optax(
         isinstance(num_steps, int) and not isinstance(num_steps, bool) and num_steps > 0
     ):
         raise ValueError(
-            f"the {name!r} optimizer reads the fraction of the run done, so it needs the run's "
+            f"the {name!r} optimizer follows the run's progress, so it needs the run's "
             f"length: pass num_steps=<updates the run will take> (a positive int), got "
             f"{num_steps!r}"
         )

@@ -18,7 +18,7 @@ Two bases (``base``):
 ``zero_output`` starts the network's last layer at zero, so the initial ``θ`` is exactly the
 base optimizer and meta-training only has to learn the correction.
 
-Two options bound what the rule can do beyond its meta-training runs (both off by default,
+Three options bound what the rule can do beyond its meta-training runs (both off by default,
 the paper's rule):
 
 * ``time="none"`` feeds the network no step count (8 channels instead of 19), so it is the
@@ -27,6 +27,10 @@ the paper's rule):
 * ``time="fraction"`` feeds it the fraction of the run done instead of the step count
   (Celo's choice): ``init`` then takes the run's length, ``num_steps``, as a schedule does,
   and a run twice as long sees the same inputs at the same fraction.
+* ``schedule="warmup_cosine"`` multiplies the step size ``α`` by the warmup-cosine factor
+  of :func:`lopt.learned.baselines.warmup_cosine_factor` over the run (Celo2's schedule from
+  outside): with ``base="adam"`` and ``β f = 0`` the rule *is* Adam with warmup-cosine, and
+  ``init`` takes the run's length, ``num_steps``, as for ``time="fraction"``.
 * ``normalize_output=True`` divides ``f`` per tensor by its root mean square, so the learned
   term is ``β`` times a unit-RMS direction on every tensor, whatever the network outputs
   (Celo2's normalisation); an all-zero ``f`` (the ``zero_output`` start) stays zero.
@@ -66,6 +70,7 @@ from lopt.learned.base import (
     validate_params,
     zero_count,
 )
+from lopt.learned.baselines import COSINE_DEFAULTS, warmup_cosine_factor
 from lopt.nf import spec as nfspec
 from lopt.nf.layers import NeuralFunctional
 
@@ -73,6 +78,8 @@ PyTree = Any
 
 BACKBONES = ("unf", "unf_deep", "nfn", "deepsets")
 BASES = ("sgdm", "adam")
+SCHEDULES = ("constant", "warmup_cosine")
+"""What multiplies the step size ``α`` over a run: nothing, or a warmup-cosine factor."""
 
 DEFAULTS = {
     "hidden": 32,
@@ -87,6 +94,8 @@ DEFAULTS = {
     "zero_output": False,
     "time": "absolute",
     "normalize_output": False,
+    "schedule": "constant",
+    "warmup_fraction": COSINE_DEFAULTS["warmup_fraction"],
 }
 
 OUTPUT_RMS_EPS = 1e-30
@@ -101,7 +110,8 @@ class NFOptState(NamedTuple):
         momentum: ``m`` (accumulated with the learned ``γ0``), one tensor per parameter.
         feature_momenta: the EMA momenta fed to the network, ``(*shape, 6)`` per parameter.
         second_moment: the ``adam`` base's EMA of squared gradients (``None`` for ``sgdm``).
-        num_steps: int32 scalar, the run's length, for ``time="fraction"`` (else ``None``).
+        num_steps: int32 scalar, the run's length, for ``time="fraction"`` or a schedule
+            (else ``None``).
     """
 
     count: jax.Array
@@ -211,11 +221,27 @@ def check_network_options(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def needs_run_length(time: str, schedule: str = "constant") -> bool:
+    """Whether a rule with these ``time`` and ``schedule`` options must be told the run's
+    length at ``init`` (it reads the fraction of the run done, or scales ``α`` over it)."""
+    return time == "fraction" or schedule != "constant"
+
+
 def check_rule_options(
-    clip: float, base: str, b2: float, eps: float, time: str = "absolute"
+    clip: float,
+    base: str,
+    b2: float,
+    eps: float,
+    time: str = "absolute",
+    schedule: str = "constant",
+    warmup_fraction: float = COSINE_DEFAULTS["warmup_fraction"],
 ) -> None:
     """Raises a ValueError naming the first invalid fixed option of the update rule."""
     feats.num_features(time)
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+    if not (isinstance(warmup_fraction, (int, float)) and 0 <= warmup_fraction < 1):
+        raise ValueError(f"warmup_fraction must lie in [0, 1), got {warmup_fraction!r}")
     if not (isinstance(clip, (int, float)) and math.isfinite(clip) and clip > 0):
         raise ValueError(f"clip must be a positive finite number, got {clip!r}")
     if base not in BASES:
@@ -285,6 +311,8 @@ def make_nf_optimizer(
     zero_output: bool = DEFAULTS["zero_output"],
     time: str = DEFAULTS["time"],
     normalize_output: bool = DEFAULTS["normalize_output"],
+    schedule: str = DEFAULTS["schedule"],
+    warmup_fraction: float = DEFAULTS["warmup_fraction"],
     example_params: PyTree | None = None,
 ) -> LearnedOptimizer:
     """The learned update rule with a neural-functional backbone.
@@ -305,6 +333,9 @@ def make_nf_optimizer(
             exactly the base optimizer).
         time: the step-count input, one of :data:`lopt.learned.features.TIME_INPUTS`.
         normalize_output: divide ``f`` per tensor by its RMS (see the module docstring).
+        schedule: one of :data:`SCHEDULES`, the factor on ``α`` over a run.
+        warmup_fraction: the ``warmup_cosine`` schedule's fraction of the run spent ramping
+            ``α`` up from zero.
         example_params: params (or ``jax.ShapeDtypeStruct`` tree) giving the lengths of
             axes folded into channels, used by ``init_meta`` when it gets no ``params``.
 
@@ -313,7 +344,8 @@ def make_nf_optimizer(
         ``{"log_alpha", "log_beta", "logit_gamma0", "network"}``.
     """
     check_network_options(backbone, spec, hidden, depth, example_params)
-    check_rule_options(clip, base, b2, eps, time)
+    check_rule_options(clip, base, b2, eps, time, schedule, warmup_fraction)
+    needs_num_steps = needs_run_length(time, schedule)
     initial = initial_meta_parameters(alpha, beta, gamma0)
     channels = feats.num_features(time)
     network = build_network(backbone, spec, hidden, depth)
@@ -334,11 +366,12 @@ def make_nf_optimizer(
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         second = zeros if base == "adam" else None
         length = None
-        if time == "fraction":
+        if needs_num_steps:
             if num_steps is None:
                 raise ValueError(
-                    f"the {backbone!r} rule with time='fraction' reads the fraction of the run "
-                    "done: pass init(params, num_steps=...) with the run's length"
+                    f"the {backbone!r} rule with time={time!r} and schedule={schedule!r} "
+                    "follows the run's progress: pass init(params, num_steps=...) with the "
+                    "run's length"
                 )
             length = jnp.asarray(num_steps, jnp.int32)
         momenta = feats.init_feature_momenta(params)
@@ -355,6 +388,8 @@ def make_nf_optimizer(
         params = require_params(params, backbone)
         check_like(params, grads, "gradients", "params")
         alpha, beta, gamma0 = meta_parameters(theta)
+        if schedule == "warmup_cosine":
+            alpha = alpha * warmup_cosine_factor(state.count, state.num_steps, warmup_fraction)
         direction, momentum, second = base_direction(base, state, grads, gamma0, b2, eps)
         feature_momenta = feats.update_feature_momenta(state.feature_momenta, grads)
         inputs = feats.entry_features(params, grads, feature_momenta, clip)
@@ -388,6 +423,8 @@ def make_nf_optimizer(
         "zero_output": bool(zero_output),
         "time": time,
         "normalize_output": bool(normalize_output),
+        "schedule": schedule,
+        "warmup_fraction": float(warmup_fraction),
     }
     return LearnedOptimizer(
         init_meta=init_meta,
@@ -395,5 +432,5 @@ def make_nf_optimizer(
         update=update,
         config=config,
         spec=spec,
-        needs_num_steps=time == "fraction",
+        needs_num_steps=needs_num_steps,
     )

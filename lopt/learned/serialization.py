@@ -339,7 +339,7 @@ def load_optimizer(
     """Loads a saved optimizer as an optax transformation for params with ``spec``.
 
     See :func:`lopt.learned.as_optax` for the transformation's behaviour and ``num_steps``
-    (the run's length, needed by a rule that reads the fraction of the run done). For a
+    (the run's length, needed by a rule that follows the run's progress). For a
     file before :data:`WEIGHT_SPACE_VERSION`, ``init`` refuses params ``theta`` does not
     fit with :class:`SavedOptimizerError`, saying why such a file may not fit.
     """

@@ -95,7 +95,8 @@ def init_state(opt: LearnedOptimizerLike, params: PyTree, num_steps: Any = None)
     """``opt``'s state for ``params`` at the start of a run of ``num_steps`` steps.
 
     The run's length is passed only to an optimizer whose ``needs_num_steps`` attribute is
-    true (one that reads the fraction of the run done); others get ``params`` alone.
+    true (one that reads the fraction of the run done or follows a schedule over it);
+    others get ``params`` alone.
 
     Raises:
         ValueError: the optimizer needs the run's length and ``num_steps`` is None.
@@ -105,7 +106,7 @@ def init_state(opt: LearnedOptimizerLike, params: PyTree, num_steps: Any = None)
     if num_steps is None:
         name = getattr(opt, "config", {}).get("name", "learned")
         raise ValueError(
-            f"the {name!r} optimizer reads the fraction of the run done, so it needs the "
+            f"the {name!r} optimizer follows the run's progress, so it needs the "
             "run's length: pass num_steps"
         )
     return opt.init(params, num_steps=num_steps)

@@ -22,9 +22,9 @@ its evaluations, never written by hand.
 A learned rule sees the step count. One whose ``time`` input is ``"absolute"`` (the step
 count since the start, as every shipped rule) runs any number of steps, but was only
 checked up to ``meta.json``'s ``steps_checked``: :func:`load` warns for a longer
-``num_steps``. A rule whose input is the fraction of the run done
-(:data:`RUN_LENGTH_TIME_INPUTS`) cannot run without the run's length: :func:`load` refuses
-it without ``num_steps``.
+``num_steps``. A rule that reads the fraction of the run done, or scales its
+step size by a schedule over the run (:func:`lopt.learned.nf_optimizer.needs_run_length`),
+cannot run without the run's length: :func:`load` refuses it without ``num_steps``.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import optax
 
+from lopt.learned.nf_optimizer import needs_run_length
 from lopt.learned.serialization import CONFIG_FILE, THETA_FILE, load_optimizer, read_config
 
 if TYPE_CHECKING:
@@ -47,7 +48,6 @@ __all__ = [
     "META_FILE",
     "OPTIMIZER_FILES",
     "ROOT",
-    "RUN_LENGTH_TIME_INPUTS",
     "card",
     "load",
     "metadata",
@@ -63,10 +63,6 @@ CARD_FILE = "card.md"
 META_FILE = "meta.json"
 OPTIMIZER_FILES = (CONFIG_FILE, THETA_FILE)
 """The files of a saved optimizer, as :func:`lopt.save_optimizer` writes them."""
-
-RUN_LENGTH_TIME_INPUTS = ("fraction",)
-"""Values of a rule's ``time`` option whose input depends on the run's length, so that
-:func:`load` needs ``num_steps``."""
 
 DEFAULT_TIME_INPUT = "absolute"
 """The ``time`` of a saved config that records none (the step count since the start)."""
@@ -132,11 +128,13 @@ def _check_num_steps(
     """Refuses a missing ``num_steps`` for a rule that needs the run's length, an invalid
     one, and warns for one longer than the rule was checked at."""
     time = config.get("time", DEFAULT_TIME_INPUT)
+    schedule = config.get("schedule", "constant")
     if num_steps is None:
-        if time in RUN_LENGTH_TIME_INPUTS:
+        if needs_run_length(time, schedule):
             raise ValueError(
-                f"pretrained optimizer {name!r} needs num_steps: its time input is {time!r}, "
-                "which depends on the run's length; call "
+                f"pretrained optimizer {name!r} needs num_steps: its time input "
+                f"({time!r}) or step-size schedule ({schedule!r}) follows the run's progress; "
+                "call "
                 f"lopt.pretrained.load({name!r}, spec, num_steps=<steps of the run>)"
             )
         return
@@ -168,7 +166,7 @@ def load(
         name: one of :func:`names`.
         spec: permutation spec of the params to optimise (:func:`lopt.derive_spec`).
         num_steps: the number of steps the run will take; required by a rule whose time
-            input depends on it (:data:`RUN_LENGTH_TIME_INPUTS`), optional otherwise.
+            input or schedule depends on it (see the module docstring), optional otherwise.
 
     Returns:
         An ``optax.GradientTransformationExtraArgs``; its ``init`` raises a ValueError

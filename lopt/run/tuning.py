@@ -36,6 +36,27 @@ def tuned_step_size(
     """
     config = parts.opt.config
     base = config.get("base", config["name"])
+    schedule = config.get("schedule", "constant")
+    if base == "adam" and schedule == "warmup_cosine":
+        sweep = tune_interior(
+            parts.task,
+            "adam_cosine",
+            DEFAULT_GRIDS["adam_cosine"],
+            settings.seeds,
+            settings.num_steps,
+            tail_fraction=settings.tail_fraction,
+            hyperparameters={
+                "b1": config["gamma0"],
+                "b2": config["b2"],
+                "eps": config["eps"],
+                "warmup_fraction": config["warmup_fraction"],
+            },
+        )
+        return "adam_cosine", sweep.best_learning_rate
+    if schedule != "constant":
+        raise RunError(
+            f"start_at_tuned: no baseline to tune for base {base!r} with schedule {schedule!r}"
+        )
     if base == "adam":
         return "adam", reference.adam_learning_rate
     if base != "sgdm":
