@@ -66,6 +66,7 @@ def assert_same_run(got: dict, want: dict) -> None:
         np.testing.assert_allclose(got[key], want[key], rtol=2e-6, atol=1e-7, err_msg=key)
 
 
+@pytest.mark.slow  # a run launched in its own process (the one-device run above); CI runs it
 def test_the_scenario_has_resets_inside_truncations_and_non_finite_particles(one_device):
     for name in ("pes", "tbptt"):
         ended = [one_device[f"{name}/metrics/{s}/num_episodes_ended"] for s in range(4)]
@@ -73,6 +74,7 @@ def test_the_scenario_has_resets_inside_truncations_and_non_finite_particles(one
         assert sum(map(int, ended)) > 0 and sum(map(int, nonfinite)) > 0, name
 
 
+@pytest.mark.slow  # two runs, each launched in its own process; CI runs it
 def test_four_devices_equal_one_device(one_device, tmp_path):
     out = tmp_path / "run.npz"
     finish(launch(out, devices=4, local_devices=4))

@@ -425,7 +425,7 @@ def test_time_context_equals_the_time_channels_broadcast_to_every_entry(
     # The reference: all 19 channels materialised per entry, read by the same network.
     network = L.nf_optimizer.build_network(backbone, spec, 8, 2)
     inputs = L.weight_space_features(params, grads, new_state.feature_momenta, 37)
-    outputs = network.apply({"params": theta["network"]}, inputs)
+    outputs = jax.jit(network.apply)({"params": theta["network"]}, inputs)
     _, _, gamma0 = L.nf_optimizer.meta_parameters(theta)
     momentum = jax.tree.map(lambda m, g: gamma0 * m + g, state.momentum, grads)
     want = jax.tree.map(lambda m, f: -(m + f[..., 0]), momentum, outputs)

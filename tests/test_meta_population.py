@@ -107,6 +107,11 @@ def test_objective_variants():
     assert ended.sum() == 4 and np.all(ended[4])
     weights = MetaObjective(reduction="final").step_weights(train.ended)
     np.testing.assert_array_equal(weights, ended.astype(np.float32))
+    # The last 40% of each 5-step episode (2 steps) counts, weighted 1 / 0.4; the unroll's
+    # rows 5 and 6 are the second episode's first two steps.
+    tail = run(MetaObjective(tail=0.4))
+    factor = np.asarray([0, 0, 0, 2.5, 2.5, 0, 0], np.float32)[:, None]
+    np.testing.assert_allclose(tail.objective, factor * np.asarray(train.loss), rtol=1e-6)
 
 
 def test_schedules():
@@ -123,6 +128,9 @@ def test_schedules():
 def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="split"):
         MetaObjective(split="validation").validate()
+    for tail in (0.0, 1.5):
+        with pytest.raises(ValueError, match="tail must lie in"):
+            MetaObjective(tail=tail).validate()
     with pytest.raises(ValueError, match="'test' is reserved for the evaluation"):
         MetaObjective(split="test").validate()
     with pytest.raises(ValueError, match="min_length"):

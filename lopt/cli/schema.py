@@ -300,6 +300,7 @@ class ObjectiveConfig:
     transform: Transform = Transform.none
     clip: float | None = None
     max_loss_factor: float | None = 10.0
+    tail: float | None = None
 
 
 class ValidationMetric(enum.Enum):

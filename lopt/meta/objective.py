@@ -21,6 +21,14 @@ pass per step). The ``test`` split is the evaluation's alone and is refused here
   orders of magnitude; the log makes a relative improvement count the same early and late in
   training and keeps one blown-up particle from dominating the estimate.
 
+``tail`` (optional, in ``(0, 1]``) counts only the last ``tail`` fraction of each episode:
+a step after ``t`` updates of a ``T``-step episode weighs ``1 / tail`` when
+``t >= T - round(tail * T)`` and 0 before, so the objective rewards where training ends up
+(as the evaluation's final loss does) while every step of the tail still gives signal, and
+its scale stays that of the whole-episode mean. It is applied to each per-step value
+before the reduction; truncations entirely before the tail carry no signal of their own, but
+an estimator that accumulates perturbations across an episode (PES) still credits them.
+
 ``clip`` (optional) caps each transformed value from above, bounding what a particle that has
 started to diverge can contribute while it is still finite; a NaN value becomes ``clip`` (the
 worst value), as in learned_optimization's clipped objectives.
@@ -54,6 +62,7 @@ class MetaObjective(NamedTuple):
         transform: ``"none"`` or ``"log"``.
         clip: upper bound on each transformed per-step value, or ``None``.
         max_loss: raw training loss above which a step counts as diverged, or ``None``.
+        tail: the fraction of each episode that counts, in ``(0, 1]``, or ``None`` (all).
     """
 
     split: str = "train"
@@ -61,6 +70,7 @@ class MetaObjective(NamedTuple):
     transform: str = "none"
     clip: float | None = None
     max_loss: float | None = None
+    tail: float | None = None
 
     def validate(self) -> MetaObjective:
         """Returns self; raises ``ValueError`` naming the bad field otherwise."""
@@ -79,7 +89,7 @@ class MetaObjective(NamedTuple):
             raise ValueError(
                 f"MetaObjective.transform must be one of {_TRANSFORMS}, got {self.transform!r}"
             )
-        for name in ("clip", "max_loss"):
+        for name in ("clip", "max_loss", "tail"):
             value = getattr(self, name)
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int | float) or value != value
@@ -87,6 +97,8 @@ class MetaObjective(NamedTuple):
                 raise ValueError(f"MetaObjective.{name} must be a number or None, got {value!r}")
         if self.max_loss is not None and not self.max_loss > 0:
             raise ValueError(f"MetaObjective.max_loss must be positive, got {self.max_loss!r}")
+        if self.tail is not None and not 0 < self.tail <= 1:
+            raise ValueError(f"MetaObjective.tail must lie in (0, 1], got {self.tail!r}")
         return self
 
     @property
@@ -102,6 +114,17 @@ class MetaObjective(NamedTuple):
         if self.clip is not None:
             loss = jnp.where(jnp.isnan(loss), self.clip, jnp.minimum(loss, self.clip))
         return loss
+
+    def progress_weight(self, step: jax.Array, length: jax.Array) -> jax.Array:
+        """The factor on the per-step value of a step taken after ``step`` updates of an
+        episode of ``length`` steps: 1 without ``tail``, else ``1 / tail`` within the
+        episode's last ``round(tail * length)`` steps and 0 before them."""
+        if self.tail is None:
+            return jnp.ones(jnp.shape(step), jnp.float32)
+        counted = jnp.round(self.tail * jnp.asarray(length, jnp.float32))
+        start = jnp.asarray(length, jnp.float32) - jnp.maximum(counted, 1.0)
+        inside = jnp.asarray(step, jnp.float32) >= start
+        return jnp.where(inside, 1.0 / self.tail, 0.0).astype(jnp.float32)
 
     def diverged(self, loss: jax.Array) -> jax.Array:
         """Where a raw per-step loss counts as diverged: non-finite or above ``max_loss``."""

@@ -254,8 +254,9 @@ def _inner_stepper(
             value = task.loss(particle.params, task.batch(valid_key, "valid"))
         else:
             value = loss
+        weight = objective.progress_weight(particle.step, particle.length)
         new = particle._replace(params=params, opt_state=opt_state, step=particle.step + 1)
-        return new, loss, objective.step_value(value)
+        return new, loss, objective.step_value(value) * weight
 
     return inner_step
 
