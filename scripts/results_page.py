@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from lopt.evaluation.levers import fmt_number, scalars, table
+from lopt.evaluation.levers import fmt_number, recorded_overrides, scalars, table
 from lopt.evaluation.report import SIGNIFICANCE, verdict
 from lopt.learned.serialization import read_theta
 
@@ -45,10 +45,7 @@ OVERRIDES = "overrides.yaml"
 
 def command(directory: Path, program: str) -> str:
     """The command that made a run or evaluation directory, or its published copy."""
-    recorded = directory / ".hydra" / OVERRIDES
-    overrides = yaml.safe_load(
-        (recorded if recorded.is_file() else directory / OVERRIDES).read_text()
-    )
+    overrides = recorded_overrides(directory)
     return " ".join([program, *(f"'{o}'" if "[" in o else o for o in overrides)])
 
 
@@ -61,10 +58,12 @@ def publish(source: Path, target: Path, names: tuple[str, ...]) -> None:
         return
     for name in names:
         if (source / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, target / name)
     if (source / "optimizer").is_dir():
         shutil.copytree(source / "optimizer", target / "optimizer", dirs_exist_ok=True)
-    shutil.copy2(source / ".hydra" / OVERRIDES, target / OVERRIDES)
+    recorded = source / ".hydra" / OVERRIDES
+    shutil.copy2(recorded if recorded.is_file() else source / OVERRIDES, target / OVERRIDES)
 
 
 def meta_training_section(task: str, runs: dict[str, str], out: Path) -> list[str]:
@@ -180,7 +179,14 @@ def task_section(task: str, entry: dict) -> list[str]:
         lines += ["", "### Evaluation on held-out seeds", ""]
         lines += evaluation_section(task, entry["evaluations"], out)
     if entry.get("levers"):
-        runs = [Path(p) for p in entry["levers"] if (Path(p) / "metrics.jsonl").is_file()]
+        runs = []
+        for path in map(Path, entry["levers"]):
+            if not (path / "metrics.jsonl").is_file():
+                raise SystemExit(f"lever run {path} has no metrics.jsonl")
+            copy = out / "levers" / path.name
+            names = ("summary.json", "metrics.jsonl", "validation/reference.json")
+            publish(path, copy, names)
+            runs.append(copy)
         lever_text = table(runs)
         (out / "levers.md").write_text(lever_text)
         lines += [

@@ -2,11 +2,12 @@
 
 It compares the levers tried on a task (runs that differ in a few overrides) on the
 results pages. Each row reads the run's own files: the overrides it was started with
-(``.hydra/overrides.yaml``), ``summary.json`` (steps, wall time, the validation's best step
-and its ratios to theta0 and the reference Adam), ``validation/reference.json`` and every
-validation record of ``metrics.jsonl``; and the learned step size, scale and momentum of
-the best theta (``optimizer/theta.msgpack``). A run stopped before its end (no summary) is
-shown from its records and reference alone. Nothing is typed in by hand.
+(``.hydra/overrides.yaml``, or ``overrides.yaml`` in a published copy of the run),
+``summary.json`` (steps, wall time, the validation's best step and its ratios to theta0
+and the reference Adam), ``validation/reference.json`` and every validation record of
+``metrics.jsonl``; and the learned step size, scale and momentum of the best theta
+(``optimizer/theta.msgpack``). A run stopped before its end (no summary) is shown from its
+records and reference alone. Nothing is typed in by hand.
 
 >>> print(table([Path("runs/levers/mlp/E1"), Path("runs/levers/mlp/E2")]))
 """
@@ -42,9 +43,18 @@ def scalars(theta: dict) -> dict[str, float]:
     return out
 
 
+def recorded_overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides a run was started with: Hydra's record in the run
+    directory, or the ``overrides.yaml`` a published copy of the run keeps."""
+    recorded = run_dir / ".hydra" / "overrides.yaml"
+    if not recorded.is_file():
+        recorded = run_dir / "overrides.yaml"
+    return yaml.safe_load(recorded.read_text())
+
+
 def row(run_dir: Path, baseline: list[str]) -> dict[str, str]:
     """One table row; ``baseline`` holds the overrides every run shares (left out)."""
-    overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
+    overrides = recorded_overrides(run_dir)
     changed = [o for o in overrides if o not in baseline and not o.startswith("hydra.")]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     validated = [r for r in records if r.get("val_final_loss_gmean") is not None]
@@ -106,9 +116,7 @@ def partial_validation(run_dir: Path, validated: list[dict]) -> dict:
 
 def table(run_dirs: list[Path]) -> str:
     """The markdown table of the runs (overrides they all share are listed above it)."""
-    all_overrides = [
-        yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text()) for d in run_dirs
-    ]
+    all_overrides = [recorded_overrides(d) for d in run_dirs]
     shared = [o for o in all_overrides[0] if all(o in others for others in all_overrides)]
     rows = [row(d, shared) for d in run_dirs]
     columns = list(rows[0])
