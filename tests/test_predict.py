@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from nf_testing import random_variables
 
 import lopt.nf as nf
 from lopt.predict import (
@@ -149,7 +150,7 @@ def test_predictors_are_invariant(problem_name, kind):
     x = _random_features(problem.spec, params, jax.random.key(1))
     # one equivariant layer keeps the compile short; the pooling and head follow it
     module = make_predictor(kind, problem.spec, width=4, depth=1, head=(8, 1))
-    variables = jax.jit(module.init)(jax.random.key(2), x)  # eager UNF init is slower
+    variables = random_variables(module, 2, x)
     # NFN treats conv spatial axes as channels: it is invariant to the other ids only
     spec = nf.nfn_spec(problem.spec) if kind == "nfn" else problem.spec
     perms = nf.random_permutations(jax.random.key(3), spec, x)
@@ -172,7 +173,7 @@ def test_hnp_predictor_is_invariant_to_hidden_neurons_only():
     params = jax.eval_shape(problem.init, jax.random.key(0))
     x = _random_features(problem.spec, params, jax.random.key(1))
     module = make_predictor("unf", problem.spec, width=4, depth=1, head=(8, 1), symmetry="hnp")
-    variables = jax.jit(module.init)(jax.random.key(2), x)
+    variables = random_variables(module, 2, x)
     hidden = nf.symmetry_ids(problem.spec)
     by_choice = [i for i in nf.perm_ids(problem.spec) if not nf.is_symmetry(i)]
     assert hidden and by_choice

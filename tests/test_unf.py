@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nf_testing import random_variables
 
 from lopt.nf import (
     ByChoice,
@@ -183,21 +184,6 @@ def max_abs_diff(a, b):
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def random_variables(module: nn.Module, seed: int, x) -> dict:
-    """Variables of ``module`` for input ``x``, drawn with numpy at flax's shapes.
-
-    The properties checked here hold for any parameters. Compiling ``module.init`` for
-    every drawn weight space costs several times compiling ``apply``, so only its shapes
-    are traced. Scales keep activations of order one: a matrix ``1/sqrt(its larger
-    side)``, a vector 0.1.
-    """
-    rng = np.random.default_rng(seed)
-    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), x)
-    scale = lambda shape: 1 / math.sqrt(max(shape)) if len(shape) > 1 else 0.1
-    draw = lambda s: jnp.asarray(rng.normal(0, scale(s.shape), s.shape), s.dtype)
-    return jax.tree_util.tree_map(draw, shapes)
-
-
 def outputs_under_permutation(net: nn.Module, variables: dict, spec, x, key):
     """``(perms, net(permuted x), net(x))`` for random permutations ``perms`` of the ids
     of ``spec``, drawn with ``key``."""
@@ -352,7 +338,7 @@ def test_conv_space_fixed_spatial_axes_and_nfn():
     }
     for kind, ids_spec in [("unf", spec), ("nfn", nfn_spec(spec))]:
         net = NeuralFunctional(spec, pointwise=(3,), equivariant=(2,), kind=kind)
-        variables = jax.jit(net.init)(key, x)
+        variables = random_variables(net, 0, x)
         perms, out, plain = outputs_under_permutation(
             net, variables, ids_spec, x, jax.random.PRNGKey(1)
         )
