@@ -10,6 +10,7 @@ The manifest names, per task, the ``lopt-train`` run directories (by label), the
     tasks:
       mlp_digits:
         notes: ...            # optional paragraph under the task's heading
+        targets_for: [unf]    # optional: the learned optimizers the targets table is for
         meta_training: {unf: runs/final/mlp/unf, deepsets: runs/final/mlp/deepsets}
         evaluations: {horizon: runs/final/eval/mlp}
         levers: [runs/levers/mlp/E2, ...]
@@ -175,7 +176,9 @@ def task_section(task: str, entry: dict) -> list[str]:
             *meta_training_section(task, entry["meta_training"], out),
         ]
     if entry.get("evaluations"):
-        lines += ["", "### Against the targets", "", *targets_section(entry["evaluations"])]
+        lines += ["", "### Against the targets", ""]
+        for number, learned in enumerate(entry.get("targets_for", ["unf"])):
+            lines += ([""] if number else []) + targets_section(entry["evaluations"], learned)
         lines += ["", "### Evaluation on held-out seeds", ""]
         lines += evaluation_section(task, entry["evaluations"], out)
     if entry.get("levers"):

@@ -37,6 +37,7 @@ import yaml
 
 from lopt.evaluation.levers import fmt_number
 from lopt.evaluation.report import HELD_OUT_METRICS, SIGNIFICANCE, load_summary, verdict
+from lopt.learned.nf_optimizer import needs_run_length
 from lopt.learned.serialization import load_learned_optimizer, read_config, read_weight_space
 from lopt.nf import matching
 from lopt.persistence import sha256
@@ -66,8 +67,8 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 def task_options(config: dict[str, Any]) -> dict[str, Any]:
-    """The task's options in the run's config (its Hydra target left out)."""
-    return {k: v for k, v in config["task"].items() if k != "_target_"}
+    """The task's options in the run's config (its Hydra target and unset options left out)."""
+    return {k: v for k, v in config["task"].items() if k != "_target_" and v is not None}
 
 
 def read_check(eval_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -427,6 +428,11 @@ def get_task_doc(task_name: str) -> str:
 def make_card(meta: dict, config: dict, checks: list[dict], command: str) -> str:
     """The card's Markdown."""
     name = meta["name"]
+    run_length = (
+        ", num_steps=T)  # T: the run's length"
+        if needs_run_length(config.get("time", DEFAULT_TIME_INPUT), config.get("schedule"))
+        else ")"
+    )
     lines = [
         f"# `{name}`: a `{meta['backbone']}` learned optimizer for `{meta['task']}`",
         "",
@@ -434,7 +440,8 @@ def make_card(meta: dict, config: dict, checks: list[dict], command: str) -> str
         "do not edit by hand.",
         "",
         "```python",
-        f'optimizer = lopt.pretrained.load("{name}", spec)  # spec = lopt.derive_spec(...)',
+        "# spec = lopt.derive_spec(...)",
+        f'optimizer = lopt.pretrained.load("{name}", spec{run_length}',
         "opt_state = optimizer.init(params)",
         "updates, opt_state = optimizer.update(grads, opt_state, params)",
         "```",

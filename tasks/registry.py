@@ -385,9 +385,10 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_task(name: str, param_scale: float = 1.0, **options) -> Task:
+def get_task(name: str, param_scale: float | None = 1.0, **options) -> Task:
     """Builds the task ``name`` with size ``options`` (keyword arguments of its factory),
-    reparametrised by ``param_scale`` (:func:`~lopt.tasks.with_param_scale`; every task).
+    reparametrised by ``param_scale`` (:func:`~lopt.tasks.with_param_scale`; every task;
+    ``None``, as a config's ``param_scale: null`` reads, is no reparametrisation).
 
     Raises:
         ValueError: unknown task name.
@@ -404,4 +405,4 @@ def get_task(name: str, param_scale: float = 1.0, **options) -> Task:
             f"task {name!r} does not take options {unknown}; its options are {list(accepted)}"
         )
     task = factory(**options)
-    return task if param_scale == 1.0 else with_param_scale(task, param_scale)
+    return task if param_scale in (None, 1.0) else with_param_scale(task, param_scale)

@@ -180,3 +180,19 @@ def test_the_package_data_covers_every_shipped_file():
         expected = {*pretrained.OPTIMIZER_FILES, pretrained.CARD_FILE, pretrained.META_FILE}
         assert {file.name for file in files} == expected
         assert files <= covered, sorted(str(f) for f in files - covered)
+
+
+def test_the_scheduled_mlp_optimizer_needs_the_run_length_and_decays_to_zero(task_model):
+    params, spec, grads = task_model
+    name = "mlp_unf_cosine"
+    assert pretrained.metadata(name)["task"] == "mlp_augmented_digits"
+    with pytest.raises(ValueError, match=f"{name!r} needs num_steps.*'warmup_cosine'"):
+        pretrained.load(name, spec)
+    optimizer = pretrained.load(name, spec, num_steps=4)
+    state, update = optimizer.init(params), jax.jit(optimizer.update)
+    sizes = []
+    for _ in range(5):
+        updates, state = update(grads, state, params)
+        sizes.append(max(float(jnp.abs(u).max()) for u in jax.tree.leaves(updates)))
+    # The step size follows the cosine over the 4 steps it was told of, then stays at zero.
+    assert all(np.isfinite(sizes)) and min(sizes[:4]) > 0 and sizes[4] == 0

@@ -358,6 +358,8 @@ def test_param_scale_keeps_the_function_and_scales_params_and_gradients():
     assert scaled.config["param_scale"] == 100.0 and "param_scale" not in base.config
     assert scaled.spec == base.spec
     assert "param_scale" not in tasks.with_param_scale(scaled, 1.0).config
+    # A config's param_scale: null builds the task as it is.
+    assert tasks.get_task("mlp_digits", width=8, param_scale=None).config == base.config
     for bad in (0.0, -1.0, float("inf"), True):
         with pytest.raises(ValueError, match="param_scale must be a positive finite number"):
             tasks.with_param_scale(base, bad)

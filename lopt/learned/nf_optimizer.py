@@ -221,10 +221,11 @@ def check_network_options(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def needs_run_length(time: str, schedule: str = "constant") -> bool:
+def needs_run_length(time: str, schedule: str | None = "constant") -> bool:
     """Whether a rule with these ``time`` and ``schedule`` options must be told the run's
-    length at ``init`` (it reads the fraction of the run done, or scales ``α`` over it)."""
-    return time == "fraction" or schedule != "constant"
+    length at ``init`` (it reads the fraction of the run done, or scales ``α`` over it); a
+    saved config from before schedules records none (``None``: constant)."""
+    return time == "fraction" or schedule not in (None, "constant")
 
 
 def check_rule_options(
