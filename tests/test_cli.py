@@ -129,6 +129,7 @@ def test_every_experiment_composes_and_builds(experiment):
         "transform",
         "clip",
         "max_loss_factor",
+        "tail",
     }
     assert config["estimator"]["truncation_length"] == config["truncation_length"]
     assert config["estimator"]["num_pairs"] * 2 == config["population"]
