@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,8 +27,8 @@ from lopt.cli.train import train
 from lopt.evaluation.sweep import DEFAULT_GRIDS, tune_interior
 from lopt.evaluation.validation import ValidationSettings
 from lopt.learned import load_optimizer
-from lopt.meta import default_outer_optimizer
-from lopt.run import tuned_step_size, with_step_size
+from lopt.meta import MetaObjective, default_outer_optimizer
+from lopt.run import RunSettings, tuned_step_size, with_step_size
 from lopt.tasks import EMBEDDED_TASKS, get_task
 
 CONFIGS = Path(lopt.cli.schema.__file__).parents[2] / "configs"
@@ -215,6 +216,26 @@ def test_invalid_values_fail_before_any_work():
         build_parts(composed(["task=mlp_digits", "task.width=0"]))
     with pytest.raises(RunError, match="schedule"):
         build_parts(composed(["schedule.min_length=50", "schedule.max_length=10"]))
+
+
+def test_the_schemas_take_the_library_settings_and_their_defaults():
+    plain = lambda value: getattr(value, "value", value)  # a config's enum: its choice
+    objective = {
+        k: plain(v) for k, v in dataclasses.asdict(lopt.cli.schema.ObjectiveConfig()).items()
+    }
+    # The config states the divergence bound in units of the chance-level loss.
+    assert objective.pop("max_loss_factor") == 10.0
+    library = MetaObjective()._asdict()
+    del library["max_loss"]
+    assert objective == library and list(objective) == list(library)
+    train = dataclasses.asdict(lopt.cli.schema.TrainConfig())
+    # validation and reference_cache are groups of the config, built into settings.
+    run = dataclasses.asdict(RunSettings())
+    shared = set(run) & set(train) - {"validation", "reference_cache"}
+    assert len(shared) == 11
+    assert {key: train[key] for key in shared} == {key: run[key] for key in shared}
+    with pytest.raises(TypeError, match="max_los"):
+        lopt.cli.schema.settings_schema("Bad", MetaObjective, rename={"max_los": "factor"})
 
 
 def test_default_outer_optimizer_matches_the_library_default():

@@ -161,7 +161,7 @@ def test_evaluation_and_tuning_seeds_are_disjoint():
     with pytest.raises(ValueError, match="overlap at \\[20000, 20001\\]"):
         check_disjoint(evaluation_seeds(3, offset=19_999), tuning)
     with pytest.raises(ValueError, match="overlap"):
-        EvalSettings(num_seeds=3, seed_offset=TUNING_SEED_OFFSET).validate()
+        EvalSettings(num_seeds=3, seed_offset=TUNING_SEED_OFFSET).check()
     keys = seed_keys(held_out)
     assert keys.shape == (5, 2) and len({tuple(map(int, k)) for k in keys}) == 5
 

@@ -32,7 +32,7 @@ ALLOWED: dict[str, set[str]] = {
     "lopt.tasks": {"lopt.nf"},
     "lopt.learned": {"lopt.nf", "lopt.persistence"},
     # Generic over optimizers and tasks: it gets them as arguments.
-    "lopt.meta": {"lopt.distributed"},
+    "lopt.meta": {"lopt.distributed", "lopt.persistence"},
     "lopt.evaluation": {"lopt.learned", "lopt.meta", "lopt.provenance"},
     "lopt.zoo": {"lopt.loggers", "lopt.nf", "lopt.persistence", "lopt.tasks"},
     "lopt.predict": {"lopt.nf", "lopt.persistence"},

@@ -127,12 +127,12 @@ def test_schedules():
 
 def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="split"):
-        MetaObjective(split="validation").validate()
+        MetaObjective(split="validation").check()
     for tail in (0.0, 1.5):
         with pytest.raises(ValueError, match="tail must lie in"):
-            MetaObjective(tail=tail).validate()
+            MetaObjective(tail=tail).check()
     with pytest.raises(ValueError, match="'test' is reserved for the evaluation"):
-        MetaObjective(split="test").validate()
+        MetaObjective(split="test").check()
     with pytest.raises(ValueError, match="min_length"):
         log_uniform_length(50, 5)
     with pytest.raises(ValueError, match="length"):

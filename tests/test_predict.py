@@ -3,6 +3,7 @@ the hyperparameter baseline, and saving, loading and scoring a fitted predictor.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import subprocess
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.stats
 from nf_testing import random_variables
+from omegaconf import OmegaConf
 
 import lopt.nf as nf
 from lopt.predict import (
@@ -371,6 +373,12 @@ def test_help_lists_the_config_groups(config, groups):
     assert groups in cfg.hydra.help.template
 
 
+def test_the_predict_config_fits_with_the_library_settings():
+    # configs/predict.yaml lists the fit settings for the record; they are FitSettings'.
+    fit = OmegaConf.to_container(_compose("predict", []).fit)
+    assert fit == dataclasses.asdict(FitSettings())
+
+
 @pytest.mark.slow
 def test_tiny_zoo_predictor_beats_a_constant(tmp_path):
     problem = make_problem("rnn_addition", hidden_size=8)
@@ -388,7 +396,7 @@ def test_tiny_zoo_predictor_beats_a_constant(tmp_path):
         seed=0,
         split_fractions=(0.5, 0.2, 0.3),
         model_options={"head": (32, 1)},
-        settings=FitSettings(batch_size=16, max_epochs=40),
+        settings=FitSettings(batch_size=16, max_epochs=40, learning_rate=1e-3),
     )
     # a constant predictor has τ = NaN (no untied pairs); chance is τ ≈ 0
     constant = float(

@@ -157,7 +157,7 @@ def settings_from(config: dict) -> EvalSettings:
         max_grid_extensions=config["max_grid_extensions"],
     )
     try:
-        settings.validate()
+        settings.check()
     except ValueError as err:
         raise EvalConfigError(str(err)) from err
     return settings

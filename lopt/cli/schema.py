@@ -6,7 +6,10 @@ every override against the schema while composing: a misspelt key or a value of 
 type is an error before any work starts. The schemas of the tasks, the learned
 optimizers and the estimators are built from their factories' signatures
 (:func:`options_schema`), the one place their options and defaults are defined, so an
-option file only names its schema and sets what differs.
+option file only names its schema and sets what differs. Likewise the meta-objective's and
+the validation's schemas are built from the library's settings classes
+(:func:`settings_schema`), and the run's entries of :class:`TrainConfig` take their defaults
+from :class:`lopt.run.RunSettings`.
 
 Groups and their schemas:
 
@@ -41,9 +44,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from lopt import meta
-from lopt.evaluation.validation import ValidationSettings
+from lopt.evaluation.validation import METRICS, ValidationSettings
 from lopt.learned import make_adam, make_nf_optimizer, make_sgdm
 from lopt.learned.nf_optimizer import DEFAULTS as NF_DEFAULTS
+from lopt.meta.objective import REDUCTIONS, SPLITS, TRANSFORMS, MetaObjective
+from lopt.run import RunSettings
 from lopt.tasks import task_factory
 
 # -- schemas from factory signatures -------------------------------------------------------
@@ -103,8 +108,11 @@ def settings_schema(
     *,
     leading: Sequence[tuple[str, Any, dataclasses.Field]] = (),
     replace: dict[str, tuple[Any, dataclasses.Field]] | None = None,
+    rename: dict[str, str] | None = None,
+    doc: str | None = None,
 ) -> type:
-    """The structured config of a library settings class (a dataclass), from its fields.
+    """The structured config of a library settings class (a dataclass or a named tuple),
+    from its constructor's parameters.
 
     The settings class is the one place the settings and their defaults are defined; the
     config adds what only a config has and changes what a config says differently.
@@ -115,22 +123,40 @@ def settings_schema(
         leading: fields the config has before the settings' own.
         replace: ``{name: (type, field)}`` for a setting whose config type or default
             differs (an enum of its choices, ``None`` for a default filled in later).
+        rename: ``{name: config name}`` for a setting the config states in other units,
+            under a name that says so (its ``replace`` entry, by the setting's name, gives
+            the config's type and default).
+        doc: the dataclass's docstring.
 
     Returns:
         A dataclass: ``leading``, then the settings in signature order.
     """
-    replace = replace or {}
-    unknown = set(replace) - set(inspect.signature(settings).parameters)
+    replace, rename = replace or {}, rename or {}
+    unknown = (set(replace) | set(rename)) - set(inspect.signature(settings).parameters)
     if unknown:
         raise TypeError(f"{settings.__name__} has no settings {sorted(unknown)}")
+    # A named tuple's constructor does not resolve its string annotations; the class does.
+    hints = typing.get_type_hints(settings)
     fields = list(leading)
     for option in inspect.signature(settings, eval_str=True).parameters.values():
-        fields.append(
+        option = option.replace(annotation=hints.get(option.name, option.annotation))
+        name, kind, default = (
             (option.name, *replace[option.name]) if option.name in replace else _field(option)
         )
+        fields.append((rename.get(name, name), kind, default))
     schema = dataclasses.make_dataclass(class_name, fields)
     schema.__module__ = __name__
+    if doc is not None:
+        schema.__doc__ = doc
     return schema
+
+
+def choices_enum(class_name: str, choices: Sequence[str], doc: str) -> type[enum.Enum]:
+    """An enum of a setting's string choices (each member's name is its value), so that
+    Hydra refuses any other value while composing."""
+    kind = enum.Enum(class_name, [(choice, choice) for choice in choices], module=__name__)
+    kind.__doc__ = doc
+    return kind
 
 
 def task_schema(class_name: str, task: str) -> type:
@@ -270,45 +296,31 @@ class WandbLogger:
 # -- the whole run ------------------------------------------------------------------------------
 
 
-class Split(enum.Enum):
-    """Data the per-step meta-objective is measured on."""
+Split = choices_enum("Split", SPLITS, "Data the per-step meta-objective is measured on.")
+Reduction = choices_enum("Reduction", REDUCTIONS, "How per-step values form an unroll's objective.")
+Transform = choices_enum("Transform", TRANSFORMS, "Shaping of each per-step loss.")
 
-    train = "train"
-    valid = "valid"
+ObjectiveConfig = settings_schema(
+    "ObjectiveConfig",
+    MetaObjective,
+    replace={
+        "split": (Split, field(default=Split.train)),
+        "reduction": (Reduction, field(default=Reduction.mean)),
+        "transform": (Transform, field(default=Transform.none)),
+        # A bound in units of the task's chance-level loss suits every task alike.
+        "max_loss": (float | None, field(default=10.0)),
+    },
+    rename={"max_loss": "max_loss_factor"},
+    doc="""The meta-objective: the fields and defaults of :class:`lopt.meta.MetaObjective`,
+its divergence bound given as ``max_loss_factor``, in units of the task's chance-level loss
+``ln(classes)`` (null: only non-finite losses count as divergence).""",
+)
 
-
-class Reduction(enum.Enum):
-    """How per-step values form an unroll's objective."""
-
-    mean = "mean"
-    final = "final"
-
-
-class Transform(enum.Enum):
-    """Shaping of each per-step loss."""
-
-    none = "none"
-    log = "log"
-
-
-@dataclass
-class ObjectiveConfig:
-    """The meta-objective (:class:`lopt.meta.MetaObjective`)."""
-
-    split: Split = Split.train
-    reduction: Reduction = Reduction.mean
-    transform: Transform = Transform.none
-    clip: float | None = None
-    max_loss_factor: float | None = 10.0
-    tail: float | None = None
-
-
-class ValidationMetric(enum.Enum):
-    """What selects the best theta (:meth:`lopt.evaluation.validation.ValidationScores.score`)."""
-
-    final_loss = "final_loss"
-    valid_loss = "valid_loss"
-
+ValidationMetric = choices_enum(
+    "ValidationMetric",
+    METRICS,
+    "What selects the best theta (:meth:`lopt.evaluation.validation.ValidationScores.score`).",
+)
 
 ValidationConfig = settings_schema(
     "ValidationConfig",
@@ -318,12 +330,12 @@ ValidationConfig = settings_schema(
         "num_steps": (int | None, field(default=None)),
         "metric": (ValidationMetric, field(default=ValidationMetric.final_loss)),
     },
-)
-ValidationConfig.__doc__ = """Meta-validation: the fields and defaults of
+    doc="""Meta-validation: the fields and defaults of
 :class:`lopt.evaluation.validation.ValidationSettings`, and ``every``. Whole inner episodes
 from held-out seeds, scored every ``every`` outer steps and at the end; ``every: 0`` turns
 it off. ``num_steps: null`` validates at the meta-training horizon
-(``schedule.max_length``)."""
+(``schedule.max_length``).""",
+)
 
 
 @dataclass
@@ -380,6 +392,10 @@ class RecipeConfig:
     zero_output: bool = NF_DEFAULTS["zero_output"]
 
 
+RUN_DEFAULTS = RunSettings()
+"""The library's run settings, whose defaults the run entries of :class:`TrainConfig` take."""
+
+
 @dataclass
 class TrainConfig:
     """The ``lopt-train`` config (``configs/train.yaml``).
@@ -431,21 +447,21 @@ class TrainConfig:
     recipe: RecipeConfig = field(default_factory=RecipeConfig)
     compilation_cache: CompilationCacheConfig = field(default_factory=CompilationCacheConfig)
     reference_cache: ReferenceCacheConfig = field(default_factory=ReferenceCacheConfig)
-    start_at_tuned: bool = False
-    devices: Any = 1  # a count, or "all"
-    mesh_axis: str = "particles"
+    start_at_tuned: bool = RUN_DEFAULTS.start_at_tuned
+    devices: Any = RUN_DEFAULTS.devices  # a count, or "all"
+    mesh_axis: str = RUN_DEFAULTS.mesh_axis
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     population: int = 16
     truncation_length: int = 50
     sigma: float = 0.01
-    name: str = "train"
-    seed: int = 0
-    steps: int = 1000
-    log_every: int = 10
-    checkpoint_every: int = 100
-    keep_checkpoints: int = 2
-    resume: bool = False
-    progress: bool = True
+    name: str = RUN_DEFAULTS.name
+    seed: int = RUN_DEFAULTS.seed
+    steps: int = RUN_DEFAULTS.steps
+    log_every: int = RUN_DEFAULTS.log_every
+    checkpoint_every: int = RUN_DEFAULTS.checkpoint_every
+    keep_checkpoints: int = RUN_DEFAULTS.keep_checkpoints
+    resume: bool = RUN_DEFAULTS.resume
+    progress: bool = RUN_DEFAULTS.progress
 
 
 def _pairs(population: Any) -> int:

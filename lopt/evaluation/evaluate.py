@@ -92,7 +92,7 @@ class EvalSettings:
     def tail(self) -> int:
         return stats.tail_steps(self.num_steps, self.tail_fraction)
 
-    def validate(self) -> None:
+    def check(self) -> None:
         """Raises a ValueError naming the first invalid setting."""
         if not isinstance(self.num_steps, int) or self.num_steps < 1:
             raise ValueError(f"num_steps must be a positive integer, got {self.num_steps!r}")
@@ -241,7 +241,7 @@ def evaluate(
     Returns:
         An :class:`EvalResult`.
     """
-    settings.validate()
+    settings.check()
     measured_on = environment()  # the source's commit as the evaluation starts
     log = log or (lambda message: None)
     keys = seed_keys(settings.seeds)

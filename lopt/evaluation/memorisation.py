@@ -105,7 +105,7 @@ def check_memorisation(
             :class:`EvalSettings` with ``num_seeds`` and ``num_steps``).
     """
     settings = settings or EvalSettings(num_seeds=num_seeds, num_steps=num_steps)
-    settings.validate()
+    settings.check()
     sweep = tune_interior(
         task,
         "adam",

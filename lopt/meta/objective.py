@@ -47,9 +47,12 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-_SPLITS = ("train", "valid")
-_REDUCTIONS = ("mean", "final")
-_TRANSFORMS = ("none", "log")
+SPLITS = ("train", "valid")
+"""The choices of :attr:`MetaObjective.split`."""
+REDUCTIONS = ("mean", "final")
+"""The choices of :attr:`MetaObjective.reduction`."""
+TRANSFORMS = ("none", "log")
+"""The choices of :attr:`MetaObjective.transform`."""
 _LOG_FLOOR = 1e-8
 
 
@@ -72,22 +75,22 @@ class MetaObjective(NamedTuple):
     max_loss: float | None = None
     tail: float | None = None
 
-    def validate(self) -> MetaObjective:
+    def check(self) -> MetaObjective:
         """Returns self; raises ``ValueError`` naming the bad field otherwise."""
         if self.split == "test":
             raise ValueError(
                 "MetaObjective.split 'test' is reserved for the evaluation's held-out metrics; "
                 "meta-train on 'train' or 'valid'"
             )
-        if self.split not in _SPLITS:
-            raise ValueError(f"MetaObjective.split must be one of {_SPLITS}, got {self.split!r}")
-        if self.reduction not in _REDUCTIONS:
+        if self.split not in SPLITS:
+            raise ValueError(f"MetaObjective.split must be one of {SPLITS}, got {self.split!r}")
+        if self.reduction not in REDUCTIONS:
             raise ValueError(
-                f"MetaObjective.reduction must be one of {_REDUCTIONS}, got {self.reduction!r}"
+                f"MetaObjective.reduction must be one of {REDUCTIONS}, got {self.reduction!r}"
             )
-        if self.transform not in _TRANSFORMS:
+        if self.transform not in TRANSFORMS:
             raise ValueError(
-                f"MetaObjective.transform must be one of {_TRANSFORMS}, got {self.transform!r}"
+                f"MetaObjective.transform must be one of {TRANSFORMS}, got {self.transform!r}"
             )
         for name in ("clip", "max_loss", "tail"):
             value = getattr(self, name)
@@ -172,4 +175,4 @@ def as_objective(objective: MetaObjective | dict | None) -> MetaObjective:
         objective = MetaObjective(**objective)
     if not isinstance(objective, MetaObjective):
         raise TypeError(f"expected a MetaObjective, got {type(objective)}")
-    return objective.validate()
+    return objective.check()

@@ -22,6 +22,7 @@ from lopt.meta.ravel import ravel_theta
 from lopt.meta.schedules import EpisodeSchedule
 from lopt.meta.sharding import estimator_state_shardings, replicated_shardings
 from lopt.meta.tree_utils import all_finite, global_norm, tree_select
+from lopt.persistence import tree_mismatch
 
 PyTree = Any
 
@@ -174,18 +175,13 @@ def check_one_theta(opt: LearnedOptimizerLike, members: Sequence[TaskLike]) -> N
                 f"task family member {index} ({getattr(member, 'name', '?')}) does not fit "
                 f"the learned optimizer: {err}"
             ) from None
-    described = lambda tree: [
-        (jax.tree_util.keystr(path), leaf.shape)
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    ]
-    first = described(shapes[0])
     for index, other in enumerate(shapes[1:], start=1):
-        leaves = described(other)
-        if leaves != first:
-            differ = sorted(set(leaves) ^ set(first))[:4]
+        # One theta is mapped over both trees leaf by leaf, so the order matters too.
+        mismatch = tree_mismatch(shapes[0], other, ordered=True)
+        if mismatch is not None:
             raise ValueError(
                 f"task family member {index} ({getattr(members[index], 'name', '?')}) needs "
-                f"another theta than member 0: {differ}; a family's tasks share one "
+                f"another theta than member 0: {mismatch}; a family's tasks share one "
                 "architecture (their permuted axes may differ in length, not their fixed ones)"
             )
 

@@ -41,7 +41,8 @@ PyTree = Any
 
 @dataclasses.dataclass(frozen=True)
 class FitSettings:
-    """Predictor training settings.
+    """Predictor training settings; ``lopt-predict``'s ``fit`` entries
+    (``configs/predict.yaml``) are these defaults.
 
     Attributes:
         learning_rate: Adam's learning rate.
@@ -51,7 +52,7 @@ class FitSettings:
         patience: epochs without a better validation τ before stopping.
     """
 
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
     max_epochs: int = 60
