@@ -23,6 +23,8 @@ HORIZONS = {
     "cnn_augmented_digits": 2000,
     "mlp_digits": 2000,
     "cnn_digits": 2000,
+    "mlp_augmented_letters": 2000,
+    "cnn_augmented_letters": 2000,
     "rnn_text": 2000,
     "transformer_text": 5000,
 }

@@ -17,6 +17,23 @@ Embedded (offline, shipped with the dependencies):
   and a fixed shuffle of the blocks gives 80% of the bytes to ``train`` and 10% each to
   ``valid`` and ``test``. Each split is its blocks joined by blank lines in corpus order:
   distinct spans of the corpus, with the same mix of topics in every split.
+* **letters**: the glyphs of the letters A..J (class 0..9), each class's examples its
+  upper-case and its lower-case glyph, rendered from the TrueType fonts that matplotlib
+  ships (``mpl-data/fonts/ttf``) with Pillow's FreeType renderer: each glyph at
+  :data:`GLYPH_RENDER_SIZE` pixels, cropped to its ink, centred on a square frame in which its
+  longer side spans :data:`GLYPH_FILL` of the frame, and area-averaged (:func:`area_resize`)
+  to 8x8 grey images with values 0..255 (ink coverage; the digits' 0..16 are the same
+  coverage of a 4x4 block of their 32x32 bitmaps). A font is used if every one of the 20
+  characters maps to a glyph of that name (symbol fonts map letters' codes to other glyphs),
+  and every glyph renders a non-blank image unlike every other image kept so far (fonts in
+  sorted file-name order), so all images are distinct. matplotlib 3.11 gives 22 fonts
+  (DejaVu Sans, Sans Mono and Serif with their bold and oblique or italic variants, the four
+  STIXGeneral styles, and Computer Modern cmb10, cmmi10, cmr10, cmss10, cmti10, cmtt10).
+  Split by font, never by glyph: a fixed shuffle (``default_rng(0)``) of the fonts' sorted
+  names, the first :data:`LETTERS_HELD_OUT_FONTS` ``["test"]`` fonts ``test``, the next
+  ``["valid"]`` ``valid`` and the rest ``train``, so a held-out split holds only typefaces
+  never trained on. Rendering is deterministic for a given matplotlib (its fonts) and Pillow
+  (its FreeType) version; other versions may shift some pixels.
 
 Real (tensorflow-datasets, read with ``tfds.data_source`` from ``array_record`` files, no
 TensorFlow needed to read; preparing them needs TensorFlow and the internet once):
@@ -36,7 +53,9 @@ Arrays stay uint8 (4x smaller than float32); samplers convert batches to float i
 from __future__ import annotations
 
 import functools
+import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,6 +66,17 @@ Splits = dict[str, Split]
 SPLIT_NAMES = ("train", "valid", "test")
 DIGITS_HELD_OUT = {"test": 180, "valid": 179}
 """Images of each held-out split of the digits, taken in this order from the shuffle."""
+LETTERS = "ABCDEFGHIJ"
+"""The letters' classes, in label order; each class's examples are its upper- and
+lower-case glyphs."""
+LETTERS_HELD_OUT_FONTS = {"test": 4, "valid": 3}
+"""Fonts of each held-out split of the letters, taken in this order from the shuffle."""
+GLYPH_RENDER_SIZE = 128
+"""Font size, in pixels, at which a glyph is rendered before it is area-averaged to 8x8."""
+GLYPH_FILL = 7 / 8
+"""Share of the square frame that a glyph's longer side spans (7 of the 8 pixels)."""
+GLYPH_IMAGE_SIZE = 8
+"""Side of the letters' images, the digits' 8 pixels."""
 TEXT_HELD_OUT_FRACTIONS = {"valid": 0.1, "test": 0.1}
 TEXT_BLOCK_BYTES = 2048
 TFDS_VALID_FRACTION = 1 / 12
@@ -113,6 +143,137 @@ def digits_images() -> Splits:
     return {
         name: {"images": images[index], "labels": labels[index]}
         for name, index in split_indices(order, DIGITS_HELD_OUT).items()
+    }
+
+
+def matplotlib_fonts() -> list[Path]:
+    """The TrueType fonts that matplotlib ships, sorted by file name."""
+    import matplotlib
+
+    return sorted(Path(matplotlib.get_data_path(), "fonts", "ttf").glob("*.ttf"))
+
+
+def has_glyphs(font: Path, characters: str) -> bool:
+    """Whether ``font`` maps every character to a glyph named as that character.
+
+    A symbol font (``cmex10``, or ``cmsy10``'s lower case) maps the letters' codes to glyphs
+    of other shapes; a glyph's PostScript name tells them apart.
+    """
+    from matplotlib import ft2font
+
+    face = ft2font.FT2Font(str(font))
+    charmap = face.get_charmap()
+    return all(
+        ord(char) in charmap and face.get_glyph_name(charmap[ord(char)]) == char
+        for char in characters
+    )
+
+
+def framed_glyph(ink: np.ndarray, fill: float = GLYPH_FILL) -> np.ndarray:
+    """A glyph's ink centred on a square frame, its longer side spanning ``fill`` of it.
+
+    Args:
+        ink: ``(H, W)`` uint8, cropped to the glyph's ink.
+        fill: share of the frame's side taken by ``max(H, W)``.
+
+    Returns:
+        ``(S, S)`` uint8 with ``S = ceil(max(H, W) / fill)``.
+    """
+    height, width = ink.shape
+    side = math.ceil(max(height, width) / fill)
+    frame = np.zeros((side, side), np.uint8)
+    top, left = (side - height) // 2, (side - width) // 2
+    frame[top : top + height, left : left + width] = ink
+    return frame
+
+
+def glyph_ink(font: Path, char: str, render_size: int = GLYPH_RENDER_SIZE) -> np.ndarray:
+    """One character of ``font`` rendered by Pillow at ``render_size`` pixels.
+
+    Returns:
+        ``(H, W)`` uint8 coverage cropped to the ink; ``(0, 0)`` if nothing is drawn.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    face = ImageFont.truetype(str(font), render_size)
+    left, top, right, bottom = face.getbbox(char)
+    # A margin, since the layout box can clip anti-aliased edges of slanted glyphs.
+    margin = render_size // 8
+    canvas = Image.new("L", (right - left + 2 * margin, bottom - top + 2 * margin))
+    ImageDraw.Draw(canvas).text((margin - left, margin - top), char, fill=255, font=face)
+    box = canvas.getbbox()
+    return np.asarray(canvas.crop(box)) if box else np.zeros((0, 0), np.uint8)
+
+
+def render_glyphs(font: Path, characters: str, size: int = GLYPH_IMAGE_SIZE) -> np.ndarray:
+    """``characters`` of ``font``, each framed (:func:`framed_glyph`) and area-averaged.
+
+    Returns:
+        ``(len(characters), size, size, 1)`` uint8 in 0..255; a character that draws no ink
+        is all zeros.
+    """
+    images = np.zeros((len(characters), size, size, 1), np.uint8)
+    for index, char in enumerate(characters):
+        ink = glyph_ink(font, char)
+        if ink.size:
+            images[index] = area_resize(framed_glyph(ink)[None, :, :, None], size)[0]
+    return images
+
+
+def is_new_and_distinct(images: np.ndarray, seen: set[bytes]) -> bool:
+    """Whether no image is blank, no two are equal and none is in ``seen``.
+
+    Args:
+        images: ``(N, H, W, C)`` uint8, compared by content.
+        seen: ``image.tobytes()`` of images kept before.
+    """
+    contents = {image.tobytes() for image in images}
+    blank = (images.reshape(len(images), -1).max(axis=1) == 0).any()
+    # A fallback font may draw one placeholder box for every character.
+    return not blank and len(contents) == len(images) and not contents & seen
+
+
+@functools.cache
+def letter_glyphs() -> dict[str, np.ndarray]:
+    """The usable fonts' renderings of the letters (see the module docstring).
+
+    Returns:
+        ``{font file stem: uint8 (20, 8, 8, 1)}`` in sorted font order: the glyphs of
+        ``A..J`` then of ``a..j``; every image is non-blank and distinct from every other.
+    """
+    characters = LETTERS.upper() + LETTERS.lower()
+    glyphs: dict[str, np.ndarray] = {}
+    seen: set[bytes] = set()
+    for font in matplotlib_fonts():
+        if not has_glyphs(font, characters):
+            continue
+        images = render_glyphs(font, characters)
+        if is_new_and_distinct(images, seen):
+            seen |= {image.tobytes() for image in images}
+            glyphs[font.stem] = images
+    return glyphs
+
+
+def letter_fonts() -> dict[str, tuple[str, ...]]:
+    """The fonts of each split of the letters: ``{split: font file stems, sorted}``."""
+    names = sorted(letter_glyphs())
+    order = np.random.default_rng(0).permutation(len(names))
+    cut = split_indices(order, LETTERS_HELD_OUT_FONTS)
+    return {split: tuple(sorted(names[i] for i in index)) for split, index in cut.items()}
+
+
+@functools.cache
+def letters_images() -> Splits:
+    """Letters A..J from matplotlib's fonts: ``images`` uint8 (N, 8, 8, 1) in 0..255,
+    ``labels`` int32 (N,) in 0..9; each split 20 images (upper and lower case) per font."""
+    glyphs = letter_glyphs()
+    labels = np.tile(np.arange(len(LETTERS), dtype=np.int32), 2)
+    return {
+        split: {
+            "images": np.concatenate([glyphs[font] for font in fonts]),
+            "labels": np.tile(labels, len(fonts)),
+        }
+        for split, fonts in letter_fonts().items()
     }
 
 

@@ -10,6 +10,11 @@ cnn_augmented_digits  conv 16, conv 32 (3x3, SAME), global avg pool,     as abov
                       linear, batch 128
 mlp_digits          as mlp_augmented_digits                              sklearn digits 8x8
 cnn_digits          as cnn_augmented_digits                              sklearn digits 8x8x1
+mlp_augmented_letters  as mlp_augmented_digits                           letters A..J from
+                                                                         matplotlib's fonts
+                                                                         8x8, distorted as
+                                                                         the digits
+cnn_augmented_letters  as cnn_augmented_digits                           as above, 8x8x1
 rnn_text            IRNN LM: byte embed 32, ReLU cell 64, batch 64,      pydoc topics bytes
                     seq 16
 transformer_text    pre-LN LM: d 32, 4 heads, MLP 128, 2 blocks,         pydoc topics bytes
@@ -55,7 +60,7 @@ from .models import CNN, MLP, RNNLM, TransformerLM
 BYTE_VOCAB = 256
 DIGITS_SCALE = 1.0 / 16.0
 PIXEL_SCALE = 1.0 / 255.0
-NUM_CLASSES = 10  # digits, FashionMNIST and CIFAR-10 alike
+NUM_CLASSES = 10  # digits, letters A..J, FashionMNIST and CIFAR-10 alike
 
 
 TaskFactory = Callable[..., Task]
@@ -99,6 +104,13 @@ def _digits() -> Images:
 _AUGMENTATION = ImageAugmentation()
 
 
+def _checked_augmentation(*options: float) -> ImageAugmentation:
+    """The augmentation of an augmented source's options, refused if one is out of range."""
+    augmentation = ImageAugmentation(*options)
+    augmentation.check()
+    return augmentation
+
+
 def _augmented_digits(
     rotation: float = _AUGMENTATION.rotation,
     scale: float = _AUGMENTATION.scale,
@@ -110,9 +122,26 @@ def _augmented_digits(
     a random affine map (rotation in degrees, zoom 1 ± scale per axis, shear, translation in
     pixels) and Gaussian pixel noise (:class:`tasks.base.ImageAugmentation`). No two draws
     are the same image, so a run cannot memorise its training examples."""
-    augmentation = ImageAugmentation(rotation, scale, shear, translation, noise)
-    augmentation.check()
+    augmentation = _checked_augmentation(rotation, scale, shear, translation, noise)
     return Images(datasets.digits_images(), DIGITS_SCALE, augmentation)
+
+
+def _augmented_letters(
+    rotation: float = _AUGMENTATION.rotation,
+    scale: float = _AUGMENTATION.scale,
+    shear: float = _AUGMENTATION.shear,
+    translation: float = _AUGMENTATION.translation,
+    noise: float = _AUGMENTATION.noise,
+) -> Images:
+    """Letters A..J as 8x8 grey glyphs from matplotlib's fonts, distorted afresh at every
+    draw as :func:`_augmented_digits`: the digits' architecture on another data source.
+
+    Upper and lower case of 15 / 3 / 4 fonts give 300 / 60 / 80 base images (train / valid /
+    test; :func:`tasks.data.letters_images`), so every held-out image is of a typeface never
+    trained on.
+    """
+    augmentation = _checked_augmentation(rotation, scale, shear, translation, noise)
+    return Images(datasets.letters_images(), PIXEL_SCALE, augmentation)
 
 
 def _fashion_mnist(
@@ -303,6 +332,21 @@ mlp_digits = _task(
     "MLP on scikit-learn's 8x8 digits (64 inputs, ``depth`` hidden layers of ``width``).",
 )
 cnn_digits = _task("cnn_digits", _cnn, _digits, "CNN on scikit-learn's digits as 8x8x1 images.")
+mlp_augmented_letters = _task(
+    "mlp_augmented_letters",
+    _mlp,
+    _augmented_letters,
+    "MLP on 8x8 glyphs of the letters A..J from matplotlib's fonts (300 / 60 / 80 base images "
+    "of 15 / 3 / 4 fonts), each drawn image randomly distorted: a held-out data source for "
+    "optimizers meta-trained on the digits.",
+)
+cnn_augmented_letters = _task(
+    "cnn_augmented_letters",
+    _cnn,
+    _augmented_letters,
+    "CNN on the letters A..J as 8x8x1 glyphs from matplotlib's fonts, each drawn image "
+    "randomly distorted: a held-out data source for optimizers meta-trained on the digits.",
+)
 rnn_text = _task(
     "rnn_text", _rnn, _pydoc, "Byte-level identity-initialised RNN LM on CPython's pydoc topics."
 )
@@ -342,6 +386,8 @@ _REGISTRY: dict[str, TaskFactory] = {
     "cnn_augmented_digits": cnn_augmented_digits,
     "mlp_digits": mlp_digits,
     "cnn_digits": cnn_digits,
+    "mlp_augmented_letters": mlp_augmented_letters,
+    "cnn_augmented_letters": cnn_augmented_letters,
     "rnn_text": rnn_text,
     "transformer_text": transformer_text,
     "mlp_fashion_mnist": mlp_fashion_mnist,
@@ -355,6 +401,8 @@ EMBEDDED_TASKS = (
     "cnn_augmented_digits",
     "mlp_digits",
     "cnn_digits",
+    "mlp_augmented_letters",
+    "cnn_augmented_letters",
     "rnn_text",
     "transformer_text",
 )

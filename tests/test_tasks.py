@@ -115,15 +115,18 @@ def test_batches_have_documented_shapes_and_ranges(task):
         assert targets.dtype == jnp.int32 and int(targets.max()) < 10
 
 
-def test_augmented_images_are_new_at_every_draw():
-    task = cached_task("cnn_augmented_digits")
+@pytest.mark.parametrize(
+    ("name", "pixel_range"), [("cnn_augmented_digits", 16.0), ("cnn_augmented_letters", 255.0)]
+)
+def test_augmented_images_are_new_at_every_draw(name, pixel_range):
+    task = cached_task(name)
     first = task.batch(jax.random.key(0))
     again = task.batch(jax.random.key(0))
     other = task.batch(jax.random.key(1), "test")
     np.testing.assert_array_equal(first["inputs"], again["inputs"])  # a pure function of its key
     images = np.asarray(first["inputs"])
     assert images.shape == (128, 8, 8, 1) and images.min() >= 0.0 and images.max() <= 1.0
-    stored = np.asarray(task.data["train"]["images"], np.float32).reshape(-1, 64) / 16.0
+    stored = np.asarray(task.data["train"]["images"], np.float32).reshape(-1, 64) / pixel_range
     drawn = images.reshape(128, 64)
     # No drawn image is a stored one: each is distorted (and noisy) afresh.
     distance = np.abs(drawn[:, None, :] - stored[None, :, :]).max(axis=-1).min(axis=1)
@@ -167,19 +170,65 @@ def test_warped_images_are_bilinear_with_zeros_outside():
     assert (warped[2] == 0).mean() > 0.3  # points outside the image read zeros
 
 
-def test_digit_splits_hold_distinct_images():
-    digits = task_data.digits_images()
-    assert list(digits) == ["train", "valid", "test"]
-    sizes = {name: len(split["labels"]) for name, split in digits.items()}
-    assert sizes == {"train": 1438, "valid": 179, "test": 180}
+@pytest.mark.parametrize(
+    ("images", "sizes"),
+    [
+        (task_data.digits_images, {"train": 1438, "valid": 179, "test": 180}),
+        (task_data.letters_images, {"train": 300, "valid": 60, "test": 80}),
+    ],
+    ids=["digits", "letters"],
+)
+def test_image_splits_hold_distinct_images(images, sizes):
+    splits = images()
+    assert list(splits) == ["train", "valid", "test"]
+    assert {name: len(split["labels"]) for name, split in splits.items()} == sizes
     # By content (the pixels alone, whatever the label): no image is in two splits.
     contents = {
-        name: {image.tobytes() for image in split["images"]} for name, split in digits.items()
+        name: {image.tobytes() for image in split["images"]} for name, split in splits.items()
     }
     assert sum(len(c) for c in contents.values()) == sum(sizes.values())
     assert not contents["train"] & contents["valid"]
     assert not contents["train"] & contents["test"]
     assert not contents["valid"] & contents["test"]
+
+
+def test_letter_splits_are_whole_fonts_with_every_class_alike():
+    fonts = task_data.letter_fonts()
+    assert {name: len(names) for name, names in fonts.items()} == {
+        "train": 15,
+        "valid": 3,
+        "test": 4,
+    }
+    assert len({font for names in fonts.values() for font in names}) == 22
+    for name, split in task_data.letters_images().items():
+        assert split["images"].shape[1:] == (8, 8, 1) and split["images"].dtype == np.uint8
+        # Every font gives each class two glyphs, upper and lower case.
+        counts = np.bincount(split["labels"], minlength=10)
+        assert (counts == 2 * len(fonts[name])).all() and len(counts) == 10
+
+
+def test_letters_keep_only_fonts_with_the_letters_and_render_deterministically():
+    glyphs = task_data.letter_glyphs()
+    # Symbol fonts map the letters' codes to other glyphs; the Display fonts lack them.
+    dropped = {"cmex10", "cmsy10", "DejaVuSansDisplay", "LastResortHE-Regular", "STIXNonUni"}
+    assert not dropped & set(glyphs)
+    assert {"cmr10", "cmmi10", "STIXGeneral", "DejaVuSansMono-Oblique"} <= set(glyphs)
+    fonts = {font.stem: font for font in task_data.matplotlib_fonts()}
+    assert not task_data.has_glyphs(fonts["cmsy10"], "Aa")  # its upper case alone are letters
+    characters = task_data.LETTERS + task_data.LETTERS.lower()
+    again = task_data.render_glyphs(fonts["cmr10"], characters)
+    np.testing.assert_array_equal(again, glyphs["cmr10"])
+    # Scaled to fit: the longer side of every glyph's ink spans 7 of the 8 pixels.
+    ink = again[..., 0] > 0
+    spans = np.maximum(ink.any(axis=1).sum(axis=1), ink.any(axis=2).sum(axis=1))
+    assert set(spans) <= {7, 8}
+
+
+def test_framed_glyph_centres_the_ink_on_a_square():
+    frame = task_data.framed_glyph(np.full((14, 4), 255, np.uint8), fill=7 / 8)
+    assert frame.shape == (16, 16)
+    rows, cols = np.nonzero(frame)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (1, 14, 6, 9)
 
 
 def test_text_splits_hold_distinct_paragraphs_in_the_planned_shares():
@@ -312,9 +361,9 @@ def test_check_symmetry_accepts_plain_functions():
         check_symmetry(3, params, good, jax.random.key(0))
 
 
-def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
+def short_adam_runs(task: Task, steps: int = 60) -> tuple[dict, dict]:
+    """Two Adam runs vmapped over keys at batch 32: held-out metrics before and after."""
     optimizer = optax.adam(2e-2)
-    steps = 60
     small = dataclasses.replace(task, batch_size=32)
 
     @jax.jit
@@ -336,11 +385,21 @@ def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
         )
         return before, task.metrics(params, held_out)
 
-    before, after = run(jax.random.split(jax.random.key(0), 2))
+    return run(jax.random.split(jax.random.key(0), 2))
+
+
+def test_short_adam_runs_jit_vmap_and_lower_the_held_out_loss(task):
+    before, after = short_adam_runs(task)
     assert before["loss"].shape == (2,)
     # Two independent runs (vmapped over keys) both learn.
     assert bool(jnp.all(after["loss"] < before["loss"] - 0.15)), (before, after)
     assert not np.allclose(after["loss"][0], after["loss"][1])
+
+
+def test_short_adam_lowers_the_held_out_loss_on_the_letters():
+    # Held out is other fonts, distorted afresh: the runs learn letters, not glyphs.
+    before, after = short_adam_runs(cached_task("mlp_augmented_letters"))
+    assert bool(jnp.all(after["loss"] < before["loss"] - 0.5)), (before, after)
 
 
 def test_param_scale_keeps_the_function_and_scales_params_and_gradients():

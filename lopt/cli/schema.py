@@ -17,7 +17,7 @@ Groups and their schemas:
 group           schemas (``_target_`` is the function the options are passed to)
 ==============  ==========================================================================
 ``task``        :class:`MLPTask`, :class:`CNNTask`, :class:`RNNTask`, :class:`TransformerTask`,
-                their augmented-digits and tensorflow-datasets variants
+                their augmented-digits, augmented-letters and tensorflow-datasets variants
 ``lopt``        :class:`NFOptimizer` (unf, unf_deep, nfn, deepsets), :class:`SGDMOptimizer`,
                 :class:`AdamOptimizer`
 ``estimator``   :class:`PESEstimator`, :class:`TBPTTEstimator`, :class:`ESEstimator`
@@ -194,6 +194,8 @@ def learned_schema(class_name: str, factory: Callable[..., Any], name: str) -> t
 
 MLPAugmentedTask = task_schema("MLPAugmentedTask", "mlp_augmented_digits")
 CNNAugmentedTask = task_schema("CNNAugmentedTask", "cnn_augmented_digits")
+MLPLettersTask = task_schema("MLPLettersTask", "mlp_augmented_letters")
+CNNLettersTask = task_schema("CNNLettersTask", "cnn_augmented_letters")
 MLPTask = task_schema("MLPTask", "mlp_digits")
 MLPFashionTask = task_schema("MLPFashionTask", "mlp_fashion_mnist")
 CNNTask = task_schema("CNNTask", "cnn_digits")
@@ -478,6 +480,8 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "mlp": MLPTask,
         "mlp_augmented": MLPAugmentedTask,
         "cnn_augmented": CNNAugmentedTask,
+        "mlp_letters": MLPLettersTask,
+        "cnn_letters": CNNLettersTask,
         "mlp_tfds": MLPFashionTask,
         "cnn": CNNTask,
         "cnn_tfds": CNNCifarTask,
