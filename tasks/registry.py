@@ -104,44 +104,45 @@ def _digits() -> Images:
 _AUGMENTATION = ImageAugmentation()
 
 
-def _checked_augmentation(*options: float) -> ImageAugmentation:
-    """The augmentation of an augmented source's options, refused if one is out of range."""
-    augmentation = ImageAugmentation(*options)
-    augmentation.check()
-    return augmentation
+def _augmented(load: Callable[[], Splits], pixel_scale: float, doc: str) -> Callable[..., Images]:
+    """A data source whose images are ``load``'s, every drawn image distorted afresh
+    (:class:`tasks.base.ImageAugmentation`): its options are the augmentation's, with its
+    defaults, and refused when out of range."""
+
+    def source(
+        rotation: float = _AUGMENTATION.rotation,
+        scale: float = _AUGMENTATION.scale,
+        shear: float = _AUGMENTATION.shear,
+        translation: float = _AUGMENTATION.translation,
+        noise: float = _AUGMENTATION.noise,
+    ) -> Images:
+        augmentation = ImageAugmentation(rotation, scale, shear, translation, noise)
+        augmentation.check()
+        return Images(load(), pixel_scale, augmentation)
+
+    source.__doc__ = doc
+    return source
 
 
-def _augmented_digits(
-    rotation: float = _AUGMENTATION.rotation,
-    scale: float = _AUGMENTATION.scale,
-    shear: float = _AUGMENTATION.shear,
-    translation: float = _AUGMENTATION.translation,
-    noise: float = _AUGMENTATION.noise,
-) -> Images:
+_augmented_digits = _augmented(
+    datasets.digits_images,
+    DIGITS_SCALE,
     """scikit-learn's 8x8 digits, every drawn image distorted afresh (all splits alike):
     a random affine map (rotation in degrees, zoom 1 ± scale per axis, shear, translation in
     pixels) and Gaussian pixel noise (:class:`tasks.base.ImageAugmentation`). No two draws
-    are the same image, so a run cannot memorise its training examples."""
-    augmentation = _checked_augmentation(rotation, scale, shear, translation, noise)
-    return Images(datasets.digits_images(), DIGITS_SCALE, augmentation)
+    are the same image, so a run cannot memorise its training examples.""",
+)
 
-
-def _augmented_letters(
-    rotation: float = _AUGMENTATION.rotation,
-    scale: float = _AUGMENTATION.scale,
-    shear: float = _AUGMENTATION.shear,
-    translation: float = _AUGMENTATION.translation,
-    noise: float = _AUGMENTATION.noise,
-) -> Images:
+_augmented_letters = _augmented(
+    datasets.letters_images,
+    PIXEL_SCALE,
     """Letters A..J as 8x8 grey glyphs from matplotlib's fonts, distorted afresh at every
-    draw as :func:`_augmented_digits`: the digits' architecture on another data source.
+    draw as the augmented digits: the digits' architecture on another data source.
 
     Upper and lower case of 15 / 3 / 4 fonts give 300 / 60 / 80 base images (train / valid /
     test; :func:`tasks.data.letters_images`), so every held-out image is of a typeface never
-    trained on.
-    """
-    augmentation = _checked_augmentation(rotation, scale, shear, translation, noise)
-    return Images(datasets.letters_images(), PIXEL_SCALE, augmentation)
+    trained on.""",
+)
 
 
 def _fashion_mnist(
