@@ -18,6 +18,7 @@ import pytest
 
 import lopt
 from lopt import pretrained
+from lopt.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "mlp_unf"
@@ -196,3 +197,27 @@ def test_the_scheduled_mlp_optimizer_needs_the_run_length_and_decays_to_zero(tas
         sizes.append(max(float(jnp.abs(u).max()) for u in jax.tree.leaves(updates)))
     # The step size follows the cosine over the 4 steps it was told of, then stays at zero.
     assert all(np.isfinite(sizes)) and min(sizes[:4]) > 0 and sizes[4] == 0
+
+
+@pytest.mark.parametrize("name", pretrained.names())
+def test_each_shipped_optimizer_trains_the_task_it_was_trained_on(name):
+    meta = pretrained.metadata(name)
+    task = get_task(meta["task"], **meta["task_options"])
+    optimizer = pretrained.load(name, task.spec, num_steps=meta["horizon"])
+    params = task.init(jax.random.key(0))
+    batch = task.batch(jax.random.key(1))
+
+    @jax.jit
+    def steps(params):
+        def step(carry, _):
+            params, state = carry
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            updates, state = optimizer.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), loss
+
+        _, losses = jax.lax.scan(step, (params, optimizer.init(params)), length=20)
+        return losses
+
+    losses = np.asarray(steps(params))
+    # Twenty steps on one batch: the loss falls from the untrained model's.
+    assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
